@@ -1,0 +1,38 @@
+"""build_app: the import path for `serve run`, `serve deploy` and the RayService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.args import AppArgs
+from deployments.image_model import ImageModel
+from deployments.ingress import Ingress
+from deployments.schemas import ModelCard, TensorMeta
+from models.registry import get_spec
+from models.weights import WeightsError
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate `args` (the config's `applications[].args`) and compose one deployment per model."""
+    app_args = AppArgs.model_validate(args)
+    cards: dict[str, ModelCard] = {}
+    handles = {}
+    for model in app_args.models:
+        try:
+            # Resolving the spec here checks weights names and pins before any replica starts;
+            # loading the weights themselves happens in the replica.
+            spec = get_spec(model.registry_key, model.weights, model.sha256, model.name)
+        except WeightsError as exc:
+            raise ValueError(f"model {model.name!r}: {exc}") from None
+        cards[model.name] = ModelCard(
+            name=spec.name,
+            task=spec.task.value,
+            version=spec.weights.version,
+            labels=list(spec.categories),
+            input_shape=spec.input_shape,
+            outputs=[TensorMeta(name=o.name, datatype=o.datatype, shape=list(o.shape)) for o in spec.outputs],
+        )
+        handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits)
+    return Ingress.bind(handles, cards, app_args.limits)

@@ -1,0 +1,85 @@
+"""Typed application arguments: `applications[].args` of the Serve config, validated strictly."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchConfig(_Strict):
+    """The `user_config` of a model deployment: dynamic batching, applied live by reconfigure()."""
+
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
+
+
+class ModelArgs(_Strict):
+    """One served model: its URL name, the registry model behind it and its weights."""
+
+    name: str = Field(description="Served name: URL segment and deployment name (lower snake case).")
+    model: str | None = Field(None, description="Registry model; defaults to `name`.")
+    weights: str | None = Field(
+        None,
+        description="Registry default if omitted; `random`; a torchvision weights name; or a file path.",
+    )
+    sha256: str | None = Field(None, description="Required pin for a weights file.")
+
+    @field_validator("name", "model")
+    @classmethod
+    def _snake_case(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.fullmatch(value):
+            raise ValueError(f"{value!r} must be lower snake case ([a-z][a-z0-9_]*)")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.fullmatch(value):
+            raise ValueError("sha256 must be 64 hex digits")
+        return value.lower() if value else value
+
+    @property
+    def registry_key(self) -> str:
+        """The registry model this entry serves."""
+        return self.model or self.name
+
+
+class LimitsArgs(_Strict):
+    """Request limits enforced by the ingress (bytes while reading) and replicas (pixels)."""
+
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=64)
+    max_images_per_request: int = Field(64, ge=1, le=4096)
+    request_timeout_s: float = Field(60.0, gt=0.0)
+
+
+class AppArgs(_Strict):
+    """Everything `build_app` needs: what is served and its limits."""
+
+    models: list[ModelArgs] = Field(min_length=1)
+    limits: LimitsArgs = LimitsArgs()
+
+    @model_validator(mode="after")
+    def _unique_and_known(self) -> AppArgs:
+        # Imported here so that importing this module (the ingress does) never loads torch.
+        from models.registry import UnknownModel, get_entry
+
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model {model.name!r} is configured twice")
+            seen.add(model.name)
+            try:
+                get_entry(model.registry_key)
+            except UnknownModel as exc:
+                raise ValueError(f"model {model.name!r}: {exc}") from None
+        return self

@@ -1,0 +1,107 @@
+"""Domain errors of the HTTP API; each documents its status, one handler maps them all.
+
+Model-layer errors (models.images, models.weights) know nothing of HTTP; their statuses are
+listed in MODEL_ERROR_STATUS here, next to the errors they sit beside.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from models.images import CorruptImage, ImageError, ImageTooLarge, UnsupportedImageFormat
+
+
+class ServingError(Exception):
+    """Base of API errors: `status_code` and a stable machine-readable `code`."""
+
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServingError):
+    """400: the request cannot be parsed (malformed JSON, multipart, base64, tensor data)."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class ModelNotFound(ServingError):
+    """404: no configured model has this name."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class RouteNotSupported(ServingError):
+    """404: the model exists but its task has no such route (e.g. :generate on a classifier)."""
+
+    status_code = 404
+    code = "route_not_supported"
+
+
+class RequestTimeout(ServingError):
+    """408: the request did not finish within the configured timeout."""
+
+    status_code = 408
+    code = "timeout"
+
+
+class PayloadTooLarge(ServingError):
+    """413: the body, an image's bytes or its pixel count exceeds a limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServingError):
+    """415: the body's content type or an image's format is not accepted."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidParameters(ServingError):
+    """422: well-formed request whose values are invalid (unknown parameter, top_k < 1, wrong shape)."""
+
+    status_code = 422
+    code = "invalid_parameters"
+
+
+class Overloaded(ServingError):
+    """503: the model's queue is full (backpressure); retry after `Retry-After` seconds."""
+
+    status_code = 503
+    code = "overloaded"
+
+
+# HTTP status and code of each model-layer error (models/ never imports this package).
+MODEL_ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
+    ImageTooLarge: (413, "payload_too_large"),
+    UnsupportedImageFormat: (415, "unsupported_media_type"),
+    CorruptImage: (400, "invalid_image"),
+    ImageError: (400, "invalid_image"),
+}
+
+
+def status_of(exc: BaseException) -> tuple[int, str, str] | None:
+    """(status, code, message) for a known error, unwrapping Ray's RayTaskError; None if unknown."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        exc = cause
+    if isinstance(exc, ServingError):
+        return exc.status_code, exc.code, exc.message
+    for kind, (status, code) in MODEL_ERROR_STATUS.items():
+        if isinstance(exc, kind):
+            return status, code, str(exc)
+    return None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first pydantic error as `where: what`, safe to show to the client."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else str(err["msg"])

@@ -1,0 +1,247 @@
+"""Open Inference Protocol (KServe v2 / Triton) request and response codec, with the
+binary tensor data and classification extensions. numpy only: no torch in the ingress.
+
+Written by hand because no maintained library exposes this codec for a FastAPI app of its
+own (KServe's lives inside its model server; tritonclient's is client-side).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deployments.errors import BadRequest, InvalidParameters, describe_validation_error
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+IMAGE_INPUT = "image"
+TENSOR_INPUT = "input"
+
+_NUMPY_TYPES: dict[str, str] = {
+    "BOOL": "?",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+class InferInput(BaseModel):
+    """One input tensor of an inference request."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    """An output the client asks for, with its per-output parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    """The JSON part of an inference request."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+    """Split a (possibly binary-extension) body into the parsed JSON header and the binary rest."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise BadRequest(f"{HEADER_LENGTH} must be an integer") from None
+        if not 0 < n <= len(body):
+            raise BadRequest(f"{HEADER_LENGTH} {n} is outside the body of {len(body)} bytes")
+        head, rest = body[:n], body[n:]
+    else:
+        head, rest = body, b""
+    try:
+        raw = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    try:
+        return InferRequest.model_validate(raw), rest
+    except ValidationError as exc:
+        raise BadRequest(f"invalid inference request: {describe_validation_error(exc)}") from None
+
+
+def _count(shape: Sequence[int]) -> int:
+    if any(d < 0 for d in shape):
+        raise BadRequest(f"input shape {list(shape)} has a negative dimension")
+    return int(np.prod(shape)) if shape else 1
+
+
+def deserialize_bytes(raw: bytes) -> list[bytes]:
+    """BYTES tensor in the binary extension: each element is a 4-byte little-endian length, then data."""
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadRequest("BYTES tensor data is truncated")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise BadRequest("BYTES tensor element is truncated")
+        items.append(raw[offset : offset + length])
+        offset += length
+    return items
+
+
+def serialize_bytes(items: Sequence[bytes]) -> bytes:
+    """The inverse of deserialize_bytes."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def decode_inputs(request: InferRequest, binary: bytes) -> dict[str, InferInput | np.ndarray | list[bytes]]:
+    """Each input as numpy (numeric) or a list of bytes (BYTES), by name."""
+    decoded: dict[str, Any] = {}
+    offset = 0
+    for tensor in request.inputs:
+        if tensor.name in decoded:
+            raise BadRequest(f"input {tensor.name!r} given twice")
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise BadRequest(f"input {tensor.name!r}: binary_data_size exceeds the binary data")
+            chunk, offset = binary[offset : offset + size], offset + size
+            decoded[tensor.name] = _from_binary(tensor, chunk)
+        elif tensor.data is not None:
+            decoded[tensor.name] = _from_json(tensor)
+        else:
+            raise BadRequest(f"input {tensor.name!r} has neither data nor binary_data_size")
+    if offset != len(binary):
+        raise BadRequest("binary data is longer than the inputs' binary_data_size")
+    return decoded
+
+
+def _from_binary(tensor: InferInput, chunk: bytes) -> np.ndarray | list[bytes]:
+    if tensor.datatype == "BYTES":
+        items = deserialize_bytes(chunk)
+        _check_count(tensor, len(items))
+        return items
+    dtype = _dtype(tensor)
+    if len(chunk) != _count(tensor.shape) * dtype.itemsize:
+        raise BadRequest(f"input {tensor.name!r}: {len(chunk)} bytes do not fit shape {tensor.shape}")
+    return np.frombuffer(chunk, dtype=dtype).reshape(tensor.shape)
+
+
+def _from_json(tensor: InferInput) -> np.ndarray | list[bytes]:
+    flat = list(_flatten(tensor.data or []))
+    _check_count(tensor, len(flat))
+    if tensor.datatype == "BYTES":
+        # Encoded images are not text: in JSON, BYTES elements carry them base64-encoded.
+        try:
+            return [base64.b64decode(item, validate=True) for item in flat]
+        except (binascii.Error, TypeError, ValueError):
+            raise BadRequest(f"input {tensor.name!r}: BYTES elements must be base64 strings in JSON") from None
+    try:
+        return np.asarray(flat, dtype=_dtype(tensor)).reshape(tensor.shape)
+    except (TypeError, ValueError):
+        raise BadRequest(f"input {tensor.name!r}: data are not {tensor.datatype} values") from None
+
+
+def _flatten(data: list[Any]) -> Any:
+    for item in data:
+        if isinstance(item, list):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _check_count(tensor: InferInput, count: int) -> None:
+    if count != _count(tensor.shape):
+        raise BadRequest(f"input {tensor.name!r}: {count} elements do not fit shape {tensor.shape}")
+
+
+def _dtype(tensor: InferInput) -> np.dtype[Any]:
+    try:
+        return np.dtype(_NUMPY_TYPES[tensor.datatype])
+    except KeyError:
+        raise BadRequest(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}") from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The protocol datatype name of a numpy array."""
+    for name, code in _NUMPY_TYPES.items():
+        if np.dtype(code) == array.dtype.newbyteorder("<"):
+            return name
+    return "BYTES"
+
+
+def classification_output(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[list[bytes]]:
+    """Triton's classification extension: per row, the top k as `score:index:label`."""
+    k = max(1, min(k, scores.shape[1]))
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[f"{scores[r, i]:f}:{i}:{labels[i]}".encode() for i in row] for r, row in enumerate(top)]
+
+
+def encode_response(
+    model: str,
+    version: str,
+    request: InferRequest,
+    outputs: dict[str, np.ndarray],
+    labels: Sequence[str],
+) -> tuple[bytes, dict[str, str]]:
+    """Response body and headers; binary extension where the request asks for it."""
+    wanted = request.outputs or [RequestedOutput(name=name) for name in outputs]
+    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for want in wanted:
+        if want.name not in outputs:
+            raise BadRequest(f"unknown output {want.name!r}; this model has {', '.join(outputs)}")
+        params = want.parameters or {}
+        array = outputs[want.name]
+        k = params.get("classification")
+        if k is not None:
+            if not isinstance(k, int) or k < 1:
+                raise InvalidParameters("classification must be a positive integer")
+            rows = classification_output(array, k, labels)
+            entry: dict[str, Any] = {"name": want.name, "datatype": "BYTES", "shape": [len(rows), len(rows[0])]}
+            flat_bytes = [item for row in rows for item in row]
+            raw = serialize_bytes(flat_bytes)
+            json_data: list[Any] = [item.decode() for item in flat_bytes]
+        else:
+            entry = {"name": want.name, "datatype": datatype_of(array), "shape": list(array.shape)}
+            raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            json_data = array.ravel().tolist()
+        if params.get("binary_data", binary_default):
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = json_data
+        entries.append(entry)
+    body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
+    if request.id is not None:
+        body["id"] = request.id
+    head = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(head)),
+    }

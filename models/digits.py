@@ -1,0 +1,123 @@
+"""digits_cnn: a small CNN for handwritten digits, trained here on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from models import weights as wsrc
+from models.classifiers import classification_outputs, classification_postprocess, classification_tensors
+from models.registry import ModelSpec, Task, WeightsInfo, register
+
+INPUT_SIZE = 28
+DIGIT_BOX = 20  # the digit is fitted into a 20x20 box centred in 28x28, as in MNIST
+CATEGORIES = tuple(str(d) for d in range(10))
+WEIGHTS_FILE = "digits_cnn.safetensors"
+# Pinned by models/training/train_digits_cnn.py; tests check pin, file and report agree.
+WEIGHTS_SHA256 = "2b93da9ba78f30dcd5519b8eb574984d82726cdc53a1993111c15e88612ae448"
+
+
+class DigitsCNN(nn.Module):
+    """Two conv blocks and a small classifier head: 28x28 greyscale in, 10 logits out."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(64 * 7 * 7, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def normalize_digit(img: Image.Image) -> torch.Tensor:
+    """Greyscale digit photo or scan -> 1x28x28 float tensor, ink bright on black, centred.
+
+    Used for training and serving alike: dark ink on light paper is inverted (the
+    background is read off the border), the ink's bounding box is cropped and fitted
+    into a 20x20 box in the middle of a 28x28 canvas, as MNIST-style models expect.
+    """
+    arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    background = float(np.median(border))
+    if background > 0.5:
+        arr, background = 1.0 - arr, 1.0 - background
+    arr = np.clip(arr - background, 0.0, None)
+    peak = float(arr.max())
+    if peak <= 1e-6:
+        return torch.zeros(1, INPUT_SIZE, INPUT_SIZE)
+    arr /= peak
+    rows = np.flatnonzero(arr.max(axis=1) > 0.2)
+    cols = np.flatnonzero(arr.max(axis=0) > 0.2)
+    arr = arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = arr.shape
+    scale = DIGIT_BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    glyph = Image.fromarray((arr * 255).astype(np.uint8), "L").resize(
+        size, Image.Resampling.BILINEAR, reducing_gap=None
+    )
+    canvas = Image.new("L", (INPUT_SIZE, INPUT_SIZE), 0)
+    canvas.paste(glyph, ((INPUT_SIZE - size[0]) // 2, (INPUT_SIZE - size[1]) // 2))
+    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+def _build_random() -> nn.Module:
+    return DigitsCNN().eval()
+
+
+def _build() -> nn.Module:
+    model = DigitsCNN()
+    model.load_state_dict(wsrc.load_bundled(WEIGHTS_FILE, WEIGHTS_SHA256), strict=True)
+    return model.eval()
+
+
+def _factory(name: str, weights: str | None, sha256: str | None) -> ModelSpec:
+    if weights not in (None, "bundled", "random"):
+        raise wsrc.WeightsError(f"{name}: weights must be 'bundled' (default) or 'random'")
+    if weights == "random":
+        info = WeightsInfo("random", "random")
+        build = _build_random
+    else:
+        info = WeightsInfo("bundled", WEIGHTS_FILE, WEIGHTS_SHA256)
+        build = _build
+    return ModelSpec(
+        name=name,
+        task=Task.CLASSIFICATION,
+        build=build,
+        preprocess=normalize_digit,
+        postprocess=classification_postprocess(CATEGORIES),
+        tensor_outputs=classification_tensors,
+        outputs=classification_outputs(len(CATEGORIES)),
+        categories=CATEGORIES,
+        input_size=(INPUT_SIZE, INPUT_SIZE),
+        weights=info,
+        image_mode="L",
+        family="bundled.digits",
+        description="CNN trained on scikit-learn's handwritten digits (models/training/train_digits_cnn.py)",
+    )
+
+
+register("digits_cnn", Task.CLASSIFICATION, _factory, family="bundled.digits", default_weights="bundled")

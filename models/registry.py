@@ -1,0 +1,181 @@
+"""The model registry: typed, frozen specs, looked up by name; duplicate names are refused."""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import importlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+# Modules whose import registers the built-in families (kept lazy: no work at import time).
+_BUILTIN_FAMILIES: tuple[str, ...] = ("models.classifiers", "models.digits")
+
+
+class Task(enum.StrEnum):
+    """What a model does; decides its routes and the shape of its answers."""
+
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+    GENERATION = "generation"
+    DENOISING = "denoising"
+    VIDEO_CLASSIFICATION = "video_classification"
+    EXPLANATION = "explanation"
+
+
+class UnknownModel(KeyError):
+    """No registered model has this name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+WeightsSource = Literal["bundled", "torchvision", "file", "random"]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a spec's weights come from; shown in metadata and in every response."""
+
+    source: WeightsSource
+    name: str
+    sha256: str | None = None
+
+    @property
+    def version(self) -> str:
+        """A short version string that changes whenever the weights do."""
+        if self.source == "random":
+            return "random"
+        if self.sha256:
+            return self.sha256[:12]
+        return self.name
+
+    @property
+    def label(self) -> str:
+        """`source:name`, or `random` for untrained weights."""
+        return "random" if self.source == "random" else f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of the Open Inference Protocol view of a model; -1 is a variable dim."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def stack_and_forward(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> list[Any]:
+    """Default batch forward: stack same-shape inputs, one forward pass, split per item."""
+    batch = torch.stack(list(inputs))
+    return list(module(batch).unbind(0))
+
+
+Preprocess = Callable[[Image.Image], torch.Tensor]
+Postprocess = Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+TensorOutputs = Callable[[Sequence[Any]], dict[str, np.ndarray]]
+BatchForward = Callable[[torch.nn.Module, Sequence[torch.Tensor]], list[Any]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the serving layer needs to run one model; no Ray, no HTTP."""
+
+    name: str
+    task: Task
+    build: Callable[[], torch.nn.Module]
+    preprocess: Preprocess
+    postprocess: Postprocess
+    tensor_outputs: TensorOutputs
+    outputs: tuple[TensorSpec, ...]
+    categories: tuple[str, ...]
+    input_size: tuple[int, int]
+    weights: WeightsInfo
+    image_mode: str = "RGB"
+    family: str = ""
+    description: str = ""
+    forward: BatchForward = field(default=stack_and_forward)
+
+    @property
+    def channels(self) -> int:
+        """Channels of the preprocessed tensor."""
+        return len(Image.new(self.image_mode, (1, 1)).getbands())
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one preprocessed image."""
+        return (self.channels, *self.input_size)
+
+
+SpecFactory = Callable[[str, "str | None", "str | None"], ModelSpec]
+"""(served name, weights, sha256) -> ModelSpec; weights None means the entry's default."""
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A registered model: how to make its spec for a weights choice."""
+
+    key: str
+    task: Task
+    family: str
+    factory: SpecFactory
+    default_weights: str
+
+
+_REGISTRY: dict[str, RegistryEntry] = {}
+_builtins_loaded = False
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is lower snake case (it becomes a URL segment and deployment name)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"model name {name!r} must be lower snake case ([a-z][a-z0-9_]*)")
+    return name
+
+
+def register(key: str, task: Task, factory: SpecFactory, *, family: str, default_weights: str) -> None:
+    """Add a model to the registry; a name already taken is an error."""
+    validate_name(key)
+    if key in _REGISTRY:
+        raise ValueError(f"model {key!r} is already registered (family {_REGISTRY[key].family})")
+    _REGISTRY[key] = RegistryEntry(key, task, family, factory, default_weights)
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in _BUILTIN_FAMILIES:
+            importlib.import_module(module)
+
+
+def get_entry(key: str) -> RegistryEntry:
+    """The registry entry for `key`, or UnknownModel with the closest names."""
+    _load_builtins()
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        close = difflib.get_close_matches(key, _REGISTRY, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModel(f"unknown model {key!r}{hint}") from None
+
+
+def get_spec(key: str, weights: str | None = None, sha256: str | None = None, name: str | None = None) -> ModelSpec:
+    """Resolve a spec: registry `key`, a weights choice, served under `name` (default `key`)."""
+    entry = get_entry(key)
+    return entry.factory(validate_name(name or key), weights, sha256)
+
+
+def list_models(task: Task | None = None) -> list[str]:
+    """Sorted names of every registered model, optionally of one task."""
+    _load_builtins()
+    return sorted(k for k, e in _REGISTRY.items() if task is None or e.task == task)

@@ -1,0 +1,97 @@
+"""Weight sources: bundled safetensors, torchvision weights (cached), local files pinned by sha256.
+
+Only safetensors or `torch.load(weights_only=True)`: no file is ever unpickled as code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import urllib.error
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torchvision.models import WeightsEnum
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+
+StateDict = dict[str, torch.Tensor]
+
+
+class WeightsError(Exception):
+    """Weights cannot be used; the message names the model's weights and what to do."""
+
+
+class WeightsUnavailable(WeightsError):
+    """The weights are neither cached nor downloadable (for example, offline)."""
+
+
+class WeightsIntegrityError(WeightsError):
+    """The weight file's sha256 differs from its pin, or its content is refused."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_state_dict_file(path: Path, sha256: str | None) -> StateDict:
+    """Load a state dict from safetensors or a weights-only torch file, checking its pin."""
+    if not path.is_file():
+        raise WeightsUnavailable(f"weight file {path.name} does not exist")
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256.lower():
+            raise WeightsIntegrityError(f"weight file {path.name} has sha256 {actual}, expected {sha256.lower()}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsIntegrityError(f"weight file {path.name} is not valid safetensors") from exc
+    if path.suffix in _PICKLE_SUFFIXES:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise WeightsIntegrityError(
+                f"weight file {path.name} is refused: it is not a plain tensor state dict "
+                "(only weights-only files load; nothing is unpickled)"
+            ) from exc
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsIntegrityError(f"weight file {path.name} does not hold a state dict of tensors")
+        return state
+    raise WeightsError(f"weight file {path.name}: use .safetensors (or a weights-only .pt/.pth)")
+
+
+def load_bundled(filename: str, sha256: str) -> StateDict:
+    """Load weights shipped in `models/weights/`, pinned by sha256."""
+    return load_state_dict_file(BUNDLED_DIR / filename, sha256)
+
+
+def torchvision_cache_path(weights: WeightsEnum) -> Path:
+    """Where torch.hub keeps (or would keep) the file for these weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def fetch_torchvision(weights: WeightsEnum) -> StateDict:
+    """The state dict of torchvision weights from the hub cache, downloading only if missing."""
+    path = torchvision_cache_path(weights)
+    if not path.is_file():
+        match = torch.hub.HASH_REGEX.search(path.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None, progress=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise WeightsUnavailable(
+                f"torchvision weights {weights} are not cached at {path.name} in the torch hub cache "
+                f"and cannot be downloaded ({type(exc).__name__}); pre-fetch them when building the "
+                "image, mount a cache at $TORCH_HOME, or use weights: random for load tests"
+            ) from exc
+    return load_state_dict_file(path, None)

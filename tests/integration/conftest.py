@@ -1,0 +1,103 @@
+"""A real local Ray cluster with Serve on 127.0.0.1, deployed from Serve config dicts the way
+`serve run deployments/serve_config.yaml` deploys them."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+import yaml
+from ray import serve
+from ray.serve._private import api as serve_api
+from ray.serve.schema import ServeDeploySchema
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO / "deployments" / "serve_config.yaml"
+MAIN_APP = "vision-maas"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServeCluster:
+    """The session's Ray + Serve; `deploy` replaces the set of applications declaratively."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self._client = serve_api.serve_start(http_options={"host": "127.0.0.1", "port": port})
+        self.apps: dict[str, dict[str, Any]] = {}
+
+    def deploy(self, apps: dict[str, dict[str, Any]], timeout_s: float = 240.0) -> None:
+        """Deploy exactly `apps` (name -> application config) and wait until all are RUNNING."""
+        schema = ServeDeploySchema.model_validate({"applications": [dict(a, name=n) for n, a in apps.items()]})
+        self._client.deploy_apps(schema, _blocking=False)
+        self.apps = copy.deepcopy(apps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = serve.status().applications
+            states = {n: status[n].status if n in status else "MISSING" for n in apps}
+            if any(s == "DEPLOY_FAILED" for s in states.values()):
+                raise RuntimeError(f"deploy failed: { {n: status[n].message for n in apps if n in status} }")
+            if all(s == "RUNNING" for s in states.values()) and set(status) == set(apps):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"applications not running after {timeout_s}s: {states}")
+
+
+def default_app_config() -> dict[str, Any]:
+    """The shipped default config's application, plus a random-weights torchvision classifier."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    app = config["applications"][0]
+    app.pop("name")
+    app["args"]["models"].append({"name": "resnet18", "weights": "random"})
+    # A 2-core CI machine: small CPU shares so every replica schedules; batching as shipped.
+    app["deployments"] = [
+        {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}},
+        {
+            "name": "digits_cnn",
+            "ray_actor_options": {"num_cpus": 0.5},
+            "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
+        },
+        {
+            "name": "resnet18",
+            "ray_actor_options": {"num_cpus": 1},
+            "max_queued_requests": 64,
+            "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
+        },
+    ]
+    return app
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ServeCluster]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve_cluster = ServeCluster(free_port())
+        serve_cluster.deploy({MAIN_APP: default_app_config()})
+        yield serve_cluster
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_url(cluster: ServeCluster) -> str:
+    return cluster.url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60.0) as http:
+        yield http
