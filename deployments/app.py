@@ -34,5 +34,7 @@ def build_app(args: dict[str, Any]) -> Application:
             input_shape=spec.input_shape,
             outputs=[TensorMeta(name=o.name, datatype=o.datatype, shape=list(o.shape)) for o in spec.outputs],
         )
-        handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits)
-    return Ingress.bind(handles, cards, app_args.limits)
+        # serve.deployment turns the classes into Deployments; Ray's decorator is untyped.
+        handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits)  # type: ignore[attr-defined]
+    app: Application = Ingress.bind(handles, cards, app_args.limits)  # type: ignore[attr-defined]
+    return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,7 +26,7 @@ logger = logging.getLogger("ray.serve")
 def _replica_threads() -> int:
     """Torch intra-op threads = the CPUs Ray assigned to this replica (at least one)."""
     try:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
     except Exception:  # not inside a Ray worker (direct construction in tests)
         cpus = 1.0
     return max(1, round(cpus))
@@ -61,12 +61,13 @@ class ImageModel:
         started = time.perf_counter()
         self._module = self._spec.build().to(self._device)
         self._load_seconds = time.perf_counter() - started
+        self._started_at = time.time()
         # One worker: batches run one at a time off the event loop, so the loop keeps
         # decoding incoming requests while the model computes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._batch = BatchConfig()
         self._batch_counts: Counter[int] = Counter()
-        self._batch_seconds: Counter[int] = Counter()
+        self._batch_seconds: defaultdict[int, float] = defaultdict(float)
         logger.info(
             "model %s loaded in %.2fs on %s with %d threads (weights %s)",
             self._spec.name,
@@ -79,8 +80,9 @@ class ImageModel:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""
         self._batch = BatchConfig.model_validate(user_config or {})
-        self._forward_batch.set_max_batch_size(self._batch.max_batch_size)
-        self._forward_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)
+        # serve.batch adds these setters to the method; Ray's decorator is untyped.
+        self._forward_batch.set_max_batch_size(self._batch.max_batch_size)  # type: ignore[attr-defined]
+        self._forward_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def check_health(self) -> None:
         """Raise if the replica can no longer serve (Serve then replaces it)."""
@@ -139,7 +141,8 @@ class ImageModel:
                 )
             if not np.isfinite(tensor).all():
                 raise InvalidParameters("input tensor holds NaN or infinite values")
-            tensors = list(torch.from_numpy(np.ascontiguousarray(tensor, dtype=np.float32)).unbind(0))
+            # Arrays arrive read-only (zero-copy from the object store); torch needs its own copy.
+            tensors = list(torch.from_numpy(np.array(tensor, dtype=np.float32)).unbind(0))
         else:
             raise InvalidParameters("no input given")
         outputs = await self._forward_each(tensors)
@@ -167,6 +170,7 @@ class ImageModel:
             "device": str(self._device),
             "threads": self._threads,
             "load_seconds": round(self._load_seconds, 3),
+            "started_at": round(self._started_at, 3),
         }
 
     def stats(self) -> dict[str, Any]:

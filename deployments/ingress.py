@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -117,7 +118,9 @@ def _awaitable(response: Any) -> Awaitable[Any]:
 class Ingress:
     """Parses and limits requests, then calls the model deployment named in the URL."""
 
-    def __init__(self, models: dict[str, DeploymentHandle], cards: dict[str, ModelCard], limits: LimitsArgs) -> None:
+    def __init__(
+        self, models: dict[str, DeploymentHandle[Any]], cards: dict[str, ModelCard], limits: LimitsArgs
+    ) -> None:
         self._models = models
         self._cards = cards
         self._limits = limits
@@ -334,9 +337,9 @@ class Ingress:
         tensor = inputs.get(v2.TENSOR_INPUT)
         if images is not None and not isinstance(images, list):
             raise BadRequest(f"input {v2.IMAGE_INPUT!r} must be BYTES")
-        if tensor is not None and (isinstance(tensor, list) or tensor.dtype.kind != "f"):
+        if tensor is not None and (not isinstance(tensor, np.ndarray) or tensor.dtype.kind != "f"):
             raise BadRequest(f"input {v2.TENSOR_INPUT!r} must be FP32")
-        count = len(images) if images is not None else len(tensor)  # type: ignore[arg-type]
+        count = len(images) if images is not None else len(tensor) if tensor is not None else 0
         if count == 0:
             raise BadRequest("the input holds no images")
         if count > self._limits.max_images_per_request:

@@ -100,6 +100,7 @@ class ModelMetadata(BaseModel):
     device: str
     threads: int
     load_seconds: float
+    started_at: float = Field(description="Unix time the answering replica finished loading.")
 
 
 class ModelList(BaseModel):

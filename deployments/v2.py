@@ -116,9 +116,9 @@ def serialize_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
-def decode_inputs(request: InferRequest, binary: bytes) -> dict[str, InferInput | np.ndarray | list[bytes]]:
+def decode_inputs(request: InferRequest, binary: bytes) -> dict[str, np.ndarray | list[bytes]]:
     """Each input as numpy (numeric) or a list of bytes (BYTES), by name."""
-    decoded: dict[str, Any] = {}
+    decoded: dict[str, np.ndarray | list[bytes]] = {}
     offset = 0
     for tensor in request.inputs:
         if tensor.name in decoded:

@@ -60,14 +60,15 @@ def classification_outputs(num_classes: int) -> tuple[TensorSpec, ...]:
 
 
 def _weights_enum(key: str) -> type[WeightsEnum]:
-    return torchvision.models.get_model_weights(key)
+    enum_cls: type[WeightsEnum] = torchvision.models.get_model_weights(key)
+    return enum_cls
 
 
 def _resolve_torchvision_weights(key: str, weights: str) -> WeightsEnum:
     enum_cls = _weights_enum(key)
     member = weights.split(".", 1)[1] if weights.startswith(f"{enum_cls.__name__}.") else weights
     try:
-        return enum_cls[member] if member != "DEFAULT" else enum_cls.DEFAULT  # type: ignore[attr-defined]
+        return enum_cls[member] if member != "DEFAULT" else enum_cls.DEFAULT
     except KeyError:
         names = ", ".join(["DEFAULT", *enum_cls.__members__])
         raise wsrc.WeightsError(
@@ -80,7 +81,8 @@ def _build_architecture(key: str) -> torch.nn.Module:
         # Some builders (googlenet, inception_v3) warn about init defaults when weights=None.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return torchvision.models.get_model(key, weights=None)
+        model: torch.nn.Module = torchvision.models.get_model(key, weights=None)
+        return model
 
 
 def _build(key: str, load: Callable[[], wsrc.StateDict] | None, builder_weights: WeightsEnum | None) -> torch.nn.Module:
@@ -91,7 +93,9 @@ def _build(key: str, load: Callable[[], wsrc.StateDict] | None, builder_weights:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", UserWarning)
-            model = torchvision.models.get_model(key, weights=None, **_builder_kwargs(key, builder_weights))
+            model: torch.nn.Module = torchvision.models.get_model(
+                key, weights=None, **_builder_kwargs(key, builder_weights)
+            )
         _load_strict(model, state, key)
     else:
         model = _build_architecture(key)
@@ -138,12 +142,12 @@ def torchvision_classifier(key: str) -> Callable[[str, str | None, str | None], 
         load: Callable[[], wsrc.StateDict] | None = None
         builder_weights: WeightsEnum | None = None
         if choice == "random":
-            meta_weights = _weights_enum(key).DEFAULT  # type: ignore[attr-defined]
+            meta_weights = _weights_enum(key).DEFAULT
             info = WeightsInfo("random", "random")
         elif choice.endswith(_FILE_SUFFIXES) or "/" in choice:
             if not sha256:
                 raise wsrc.WeightsError(f"{name}: weights file {Path(choice).name} needs a sha256 pin")
-            meta_weights = _weights_enum(key).DEFAULT  # type: ignore[attr-defined]
+            meta_weights = _weights_enum(key).DEFAULT
             path = Path(choice)
             info = WeightsInfo("file", path.name, sha256.lower())
             load = functools.partial(wsrc.load_state_dict_file, path, sha256)

@@ -50,7 +50,8 @@ class DigitsCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
 
 
 def normalize_digit(img: Image.Image) -> torch.Tensor:
@@ -81,7 +82,8 @@ def normalize_digit(img: Image.Image) -> torch.Tensor:
     )
     canvas = Image.new("L", (INPUT_SIZE, INPUT_SIZE), 0)
     canvas.paste(glyph, ((INPUT_SIZE - size[0]) // 2, (INPUT_SIZE - size[1]) // 2))
-    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).unsqueeze(0)
+    tensor: torch.Tensor = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).unsqueeze(0)
+    return tensor
 
 
 def _build_random() -> nn.Module:

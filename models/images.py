@@ -68,7 +68,7 @@ def decode_image(data: bytes, mode: str = "RGB", limits: ImageLimits | None = No
         # Our own pixel limit below is the authority; Pillow's global bomb check only warns.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data), formats=[fmt])
+            img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
         except Image.DecompressionBombError as exc:
             raise ImageTooLarge("image declares too many pixels") from exc
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

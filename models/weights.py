@@ -9,6 +9,7 @@ import hashlib
 import os
 import pickle
 import urllib.error
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,7 +59,10 @@ def load_state_dict_file(path: Path, sha256: str | None) -> StateDict:
             raise WeightsIntegrityError(f"weight file {path.name} is not valid safetensors") from exc
     if path.suffix in _PICKLE_SUFFIXES:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch notes foreign pickle protocols; the weights-only unpickler still decides.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
             raise WeightsIntegrityError(
                 f"weight file {path.name} is refused: it is not a plain tensor state dict "
@@ -77,7 +81,8 @@ def load_bundled(filename: str, sha256: str) -> StateDict:
 
 def torchvision_cache_path(weights: WeightsEnum) -> Path:
     """Where torch.hub keeps (or would keep) the file for these weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    url: str = weights.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
 def fetch_torchvision(weights: WeightsEnum) -> StateDict:

@@ -1,0 +1,65 @@
+"""The bundled digits_cnn: held-out accuracy, real (typeset) digits, and the weights pin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from models import digits
+from models.images import decode_image
+from models.registry import ModelSpec, get_spec
+from models.training.data import render_digit
+from models.weights import BUNDLED_DIR, sha256_file
+from tests.conftest import encode
+
+
+@pytest.fixture(scope="module")
+def served() -> tuple[ModelSpec, torch.nn.Module]:
+    spec = get_spec("digits_cnn")
+    return spec, spec.build()
+
+
+def _predict(served: tuple[ModelSpec, torch.nn.Module], pngs: list[bytes]) -> list[int]:
+    spec, module = served
+    batch = torch.stack([spec.preprocess(decode_image(png, spec.image_mode)) for png in pngs])
+    with torch.inference_mode():
+        return module(batch).argmax(dim=1).tolist()
+
+
+def test_held_out_accuracy_is_at_least_97_percent(
+    served: tuple[ModelSpec, torch.nn.Module], held_out_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = held_out_digits
+    pngs = [encode(render_digit(img)) for img in images]
+    accuracy = float(np.mean(np.array(_predict(served, pngs)) == labels))
+    assert accuracy >= 0.97
+    report = json.loads((BUNDLED_DIR / "digits_cnn.json").read_text())
+    assert accuracy == pytest.approx(report["held_out_accuracy"], abs=0.01)
+
+
+def test_typeset_digits_are_recognised_in_either_polarity(served: tuple[ModelSpec, torch.nn.Module]) -> None:
+    pngs, labels = [], []
+    for size, ink, paper in ((48, 0, 255), (96, 255, 0), (160, 30, 220)):
+        font = ImageFont.load_default(size=int(size * 0.7))
+        for digit in range(10):
+            img = Image.new("L", (size, size), paper)
+            ImageDraw.Draw(img).text((size / 2, size / 2), str(digit), fill=ink, font=font, anchor="mm")
+            pngs.append(encode(img.convert("RGB")))
+            labels.append(digit)
+    correct = sum(p == y for p, y in zip(_predict(served, pngs), labels, strict=True))
+    assert correct >= 28
+
+
+def test_weights_pin_file_and_training_report_agree() -> None:
+    report = json.loads((BUNDLED_DIR / "digits_cnn.json").read_text())
+    actual = sha256_file(BUNDLED_DIR / digits.WEIGHTS_FILE)
+    assert actual == digits.WEIGHTS_SHA256 == report["sha256"]
+    assert (BUNDLED_DIR / digits.WEIGHTS_FILE).stat().st_size < 5_000_000
+
+
+def test_blank_image_gives_a_prediction_not_an_error(served: tuple[ModelSpec, torch.nn.Module]) -> None:
+    assert len(_predict(served, [encode(Image.new("L", (40, 40), 255))])) == 1
