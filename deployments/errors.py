@@ -1,7 +1,7 @@
 """Domain errors of the HTTP API; each documents its status, one handler maps them all.
 
 Model-layer errors (models.images, models.weights) know nothing of HTTP; their statuses are
-listed in MODEL_ERROR_STATUS here, next to the errors they sit beside.
+mapped to API errors by MODEL_ERRORS below.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ class BadRequest(ServingError):
 
     status_code = 400
     code = "bad_request"
+
+
+class InvalidImage(ServingError):
+    """400: the image bytes claim an allowed format but cannot be decoded."""
+
+    status_code = 400
+    code = "invalid_image"
 
 
 class ModelNotFound(ServingError):
@@ -78,25 +85,25 @@ class Overloaded(ServingError):
     code = "overloaded"
 
 
-# HTTP status and code of each model-layer error (models/ never imports this package).
-MODEL_ERROR_STATUS: dict[type[Exception], tuple[int, str]] = {
-    ImageTooLarge: (413, "payload_too_large"),
-    UnsupportedImageFormat: (415, "unsupported_media_type"),
-    CorruptImage: (400, "invalid_image"),
-    ImageError: (400, "invalid_image"),
+# The API error of each model-layer error (models/ never imports this package); most specific first.
+MODEL_ERRORS: dict[type[Exception], type[ServingError]] = {
+    ImageTooLarge: PayloadTooLarge,
+    UnsupportedImageFormat: UnsupportedMediaType,
+    CorruptImage: InvalidImage,
+    ImageError: InvalidImage,
 }
 
 
-def status_of(exc: BaseException) -> tuple[int, str, str] | None:
-    """(status, code, message) for a known error, unwrapping Ray's RayTaskError; None if unknown."""
+def as_serving_error(exc: BaseException) -> ServingError | None:
+    """The API error for a known failure, unwrapping Ray's RayTaskError; None for a bug."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException) and cause is not exc:
         exc = cause
     if isinstance(exc, ServingError):
-        return exc.status_code, exc.code, exc.message
-    for kind, (status, code) in MODEL_ERROR_STATUS.items():
+        return exc
+    for kind, api_error in MODEL_ERRORS.items():
         if isinstance(exc, kind):
-            return status, code, str(exc)
+            return api_error(str(exc))
     return None
 
 

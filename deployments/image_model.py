@@ -17,7 +17,7 @@ from ray import serve
 
 from deployments.args import BatchConfig, LimitsArgs, ModelArgs
 from deployments.errors import InvalidParameters
-from models.images import ImageLimits, decode_image
+from models.images import ImageError, ImageLimits, decode_image
 from models.registry import ModelSpec, get_spec
 
 logger = logging.getLogger("ray.serve")
@@ -103,8 +103,17 @@ class ImageModel:
         self._batch_seconds[len(inputs)] += time.perf_counter() - started
         return outputs
 
-    def _prepare(self, data: bytes) -> torch.Tensor:
-        return self._spec.preprocess(decode_image(data, self._spec.image_mode, self._limits))
+    def _prepare(self, images: list[bytes]) -> list[torch.Tensor]:
+        """Decode and preprocess every image; an error names the image when there are several."""
+        tensors = []
+        for index, data in enumerate(images):
+            try:
+                tensors.append(self._spec.preprocess(decode_image(data, self._spec.image_mode, self._limits)))
+            except ImageError as exc:
+                if len(images) == 1:
+                    raise
+                raise type(exc)(f"image {index}: {exc}") from None
+        return tensors
 
     async def _forward_each(self, tensors: Sequence[torch.Tensor]) -> list[Any]:
         # Every image enters the batch queue on its own, so one request's images and other
@@ -124,7 +133,7 @@ class ImageModel:
 
     async def predict(self, images: list[bytes], parameters: dict[str, Any]) -> dict[str, Any]:
         """Task-shaped JSON for each encoded image, in order."""
-        tensors = [self._prepare(data) for data in images]  # bad input fails here, alone
+        tensors = self._prepare(images)  # bad input fails here, before batching, alone
         outputs = await self._forward_each(tensors)
         predictions = self._spec.postprocess(outputs, [parameters] * len(outputs))
         return {**self._envelope(), "predictions": predictions}
@@ -132,7 +141,7 @@ class ImageModel:
     async def infer(self, images: list[bytes] | None, tensor: np.ndarray | None) -> dict[str, np.ndarray]:
         """Open Inference Protocol: encoded images or preprocessed float32 NCHW -> named outputs."""
         if images is not None:
-            tensors = [self._prepare(data) for data in images]
+            tensors = self._prepare(images)
         elif tensor is not None:
             expected = self._spec.input_shape
             if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:

@@ -32,8 +32,8 @@ from deployments.errors import (
     RouteNotSupported,
     ServingError,
     UnsupportedMediaType,
+    as_serving_error,
     describe_validation_error,
-    status_of,
 )
 from deployments.schemas import ModelCard
 
@@ -144,12 +144,10 @@ class Ingress:
         except BackPressureError:
             raise Overloaded(f"model {model!r} is at capacity; retry later") from None
         except Exception as exc:
-            known = status_of(exc)
-            if known is None:
+            error = as_serving_error(exc)
+            if error is None:
                 logger.exception("model %s: %s failed", model, method)
                 raise ServingError("internal error") from None
-            error = ServingError(known[2])
-            error.status_code, error.code = known[0], known[1]
             raise error from None
 
     async def _images_and_params(self, request: Request) -> tuple[list[bytes], dict[str, Any]]:

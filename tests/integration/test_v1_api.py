@@ -285,3 +285,16 @@ def test_photo_is_decoded_and_resized_for_a_torchvision_model(client: httpx.Clie
     response = predict(client, "resnet18", buf.getvalue(), "image/webp")
     assert response.status_code == 200
     assert len(response.json()["predictions"]) == 1
+
+
+def test_bad_image_in_a_multi_image_request_is_named_by_position(
+    client: httpx.Client, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    files = [
+        ("image", ("a.png", digit_pngs[0][0], "image/png")),
+        ("image", ("b.png", digit_pngs[1][0], "image/png")),
+        ("image", ("c.png", b"\x89PNG\r\n\x1a\ntruncated", "image/png")),
+    ]
+    response = client.post("/v1/models/digits_cnn:predict", files=files)
+    assert_error(response, 400, "invalid_image")
+    assert response.json()["error"]["message"].startswith("image 2:")
