@@ -182,7 +182,6 @@ def _register_all() -> None:
             Task.CLASSIFICATION,
             torchvision_classifier(key),
             family="torchvision.classification",
-            default_weights="DEFAULT",
         )
 
 

@@ -122,4 +122,4 @@ def _factory(name: str, weights: str | None, sha256: str | None) -> ModelSpec:
     )
 
 
-register("digits_cnn", Task.CLASSIFICATION, _factory, family="bundled.digits", default_weights="bundled")
+register("digits_cnn", Task.CLASSIFICATION, _factory, family="bundled.digits")

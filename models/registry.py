@@ -128,7 +128,6 @@ class RegistryEntry:
     task: Task
     family: str
     factory: SpecFactory
-    default_weights: str
 
 
 _REGISTRY: dict[str, RegistryEntry] = {}
@@ -142,12 +141,12 @@ def validate_name(name: str) -> str:
     return name
 
 
-def register(key: str, task: Task, factory: SpecFactory, *, family: str, default_weights: str) -> None:
+def register(key: str, task: Task, factory: SpecFactory, *, family: str) -> None:
     """Add a model to the registry; a name already taken is an error."""
     validate_name(key)
     if key in _REGISTRY:
         raise ValueError(f"model {key!r} is already registered (family {_REGISTRY[key].family})")
-    _REGISTRY[key] = RegistryEntry(key, task, family, factory, default_weights)
+    _REGISTRY[key] = RegistryEntry(key, task, family, factory)
 
 
 def _load_builtins() -> None:

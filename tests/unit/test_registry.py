@@ -68,13 +68,13 @@ def test_every_spec_returns_one_result_per_input(name: str) -> None:
 def test_register_refuses_a_duplicate_name() -> None:
     entry = get_entry("digits_cnn")
     with pytest.raises(ValueError, match="already registered"):
-        register("digits_cnn", Task.CLASSIFICATION, entry.factory, family="x", default_weights="bundled")
+        register("digits_cnn", Task.CLASSIFICATION, entry.factory, family="x")
 
 
 def test_register_refuses_a_name_that_is_not_snake_case() -> None:
     entry = get_entry("digits_cnn")
     with pytest.raises(ValueError, match="lower snake case"):
-        register("Digits-CNN", Task.CLASSIFICATION, entry.factory, family="x", default_weights="bundled")
+        register("Digits-CNN", Task.CLASSIFICATION, entry.factory, family="x")
 
 
 def test_unknown_model_suggests_close_names() -> None:
