@@ -64,16 +64,15 @@ def _weights_enum(key: str) -> type[WeightsEnum]:
     return enum_cls
 
 
-def _resolve_torchvision_weights(key: str, weights: str) -> WeightsEnum:
+def resolve_torchvision_weights(key: str, weights: str, *, other_choices: Sequence[str] = ()) -> WeightsEnum:
+    """The weights of torchvision model `key` named `weights`: DEFAULT, IMAGENET1K_V2 or ResNet50_Weights.IMAGENET1K_V2."""
     enum_cls = _weights_enum(key)
     member = weights.split(".", 1)[1] if weights.startswith(f"{enum_cls.__name__}.") else weights
     try:
         return enum_cls[member] if member != "DEFAULT" else enum_cls.DEFAULT
     except KeyError:
-        names = ", ".join(["DEFAULT", *enum_cls.__members__])
-        raise wsrc.WeightsError(
-            f"{key}: unknown weights {weights!r}; choose one of {names}, random, or a file"
-        ) from None
+        names = ", ".join(["DEFAULT", *(member.name for member in enum_cls), *other_choices])
+        raise wsrc.WeightsError(f"{key}: unknown weights {weights!r}; choose one of {names}") from None
 
 
 def _build_architecture(key: str) -> torch.nn.Module:
@@ -152,7 +151,9 @@ def torchvision_classifier(key: str) -> Callable[[str, str | None, str | None], 
             info = WeightsInfo("file", path.name, sha256.lower())
             load = functools.partial(wsrc.load_state_dict_file, path, sha256)
         else:
-            meta_weights = builder_weights = _resolve_torchvision_weights(key, choice)
+            meta_weights = builder_weights = resolve_torchvision_weights(
+                key, choice, other_choices=("random", "a file path")
+            )
             info = WeightsInfo("torchvision", str(meta_weights))
         categories = tuple(meta_weights.meta["categories"])
         transform = meta_weights.transforms()

@@ -15,17 +15,6 @@ from models import weights as wsrc
 from models.registry import get_spec
 
 
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """An empty torch hub cache and a proxy that refuses every connection."""
-    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    return tmp_path
-
-
 def test_torchvision_weights_fail_with_a_clear_message_when_offline_and_uncached(offline: Path) -> None:
     spec = get_spec("resnet18", weights="IMAGENET1K_V1")
     with pytest.raises(wsrc.WeightsUnavailable, match=r"ResNet18_Weights\.IMAGENET1K_V1.*weights: random"):
