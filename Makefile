@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= deployments/serve_config.yaml
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: serve test lint venv clean train
+.PHONY: serve test lint venv clean train k8s
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)  ## the whole suite: lint, types, unit, integration
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+k8s: $(STAMP)  ## re-render k8s/rayservice.yaml from the chart (a test fails when it is stale)
+	$(BIN)/python k8s/render.py
 
 train: $(STAMP)  ## retrain the bundled weights (reproducible, seeded)
 	$(BIN)/python -m models.training.train_digits_cnn
