@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray.serve import Application
 
 from deployments.args import AppArgs
+from deployments.auth import KeyStore, RateLimiter
 from deployments.image_model import ImageModel
 from deployments.ingress import Ingress
 from deployments.schemas import ModelCard, TensorMeta
 from models.registry import get_spec
 from models.weights import WeightsError
+
+logger = logging.getLogger("ray.serve")
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -36,5 +40,12 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         # serve.deployment turns the classes into Deployments; Ray's decorator is untyped.
         handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits)  # type: ignore[attr-defined]
-    app: Application = Ingress.bind(handles, cards, app_args.limits)  # type: ignore[attr-defined]
+    limiter = None
+    if app_args.auth.enabled:
+        # Fail at startup, naming what is missing, rather than on the first request.
+        KeyStore.load(app_args.auth.keys_file, app_args.auth.keys_env)
+        limiter = RateLimiter.bind()  # type: ignore[attr-defined]
+    else:
+        logger.warning("API key authentication is OFF (auth.enabled: false) for this application")
+    app: Application = Ingress.bind(handles, cards, app_args.limits, app_args.auth, limiter)  # type: ignore[attr-defined]
     return app

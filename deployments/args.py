@@ -62,11 +62,20 @@ class LimitsArgs(_Strict):
     request_timeout_s: float = Field(60.0, gt=0.0)
 
 
+class AuthArgs(_Strict):
+    """API key authentication (deployments.auth). On unless a config turns it off explicitly."""
+
+    enabled: bool = True
+    keys_file: str | None = Field(None, description="YAML/JSON key store file (key hashes only).")
+    keys_env: str = Field("VISION_MAAS_API_KEYS", description="Variable holding the key store when no file is set.")
+
+
 class AppArgs(_Strict):
-    """Everything `build_app` needs: what is served and its limits."""
+    """Everything `build_app` needs: what is served, its limits and who may call it."""
 
     models: list[ModelArgs] = Field(min_length=1)
     limits: LimitsArgs = LimitsArgs()
+    auth: AuthArgs = AuthArgs()
 
     @model_validator(mode="after")
     def _unique_and_known(self) -> AppArgs:

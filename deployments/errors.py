@@ -17,9 +17,10 @@ class ServingError(Exception):
     status_code = 500
     code = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class BadRequest(ServingError):
@@ -34,6 +35,27 @@ class InvalidImage(ServingError):
 
     status_code = 400
     code = "invalid_image"
+
+
+class Unauthorized(ServingError):
+    """401: no API key, or one that is not valid; sent with WWW-Authenticate."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServingError):
+    """403: the API key may not use this model."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyRequests(ServingError):
+    """429: the tenant is over its rate limit or quota; retry after `Retry-After` seconds."""
+
+    status_code = 429
+    code = "rate_limited"
 
 
 class ModelNotFound(ServingError):

@@ -10,9 +10,10 @@ from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -21,9 +22,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import schemas, v2
-from deployments.args import LimitsArgs
+from deployments.args import AuthArgs, LimitsArgs
+from deployments.auth import KeyStore, Tenant
 from deployments.errors import (
     BadRequest,
+    Forbidden,
     InvalidParameters,
     ModelNotFound,
     Overloaded,
@@ -31,6 +34,8 @@ from deployments.errors import (
     RequestTimeout,
     RouteNotSupported,
     ServingError,
+    TooManyRequests,
+    Unauthorized,
     UnsupportedMediaType,
     as_serving_error,
     describe_validation_error,
@@ -51,18 +56,39 @@ app = FastAPI(
 )
 
 
-def _error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def _error_response(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     # /v2 answers in the protocol's own error shape; everything else in ours.
     body: dict[str, Any] = (
         {"error": message} if request.url.path.startswith("/v2") else {"error": {"code": code, "message": message}}
     )
-    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+    headers = dict(headers or {})
+    if status in (429, 503):
+        headers.setdefault("Retry-After", RETRY_AFTER_S)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 @app.exception_handler(ServingError)
 async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-    return _error_response(request, exc.status_code, exc.code, exc.message)
+    return _error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
+
+
+_BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key, as a header.")
+
+
+def credential(
+    bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+    api_key: str | None = Security(_API_KEY),
+) -> str | None:
+    """The API key of the request, from Authorization: Bearer or X-API-Key."""
+    return bearer.credentials if bearer is not None else api_key
+
+
+# A plain default rather than Annotated: Serve's class-based ingress rebuilds method
+# signatures and keeps `= Depends(...)` defaults, but drops Annotated metadata.
+CREDENTIAL = Depends(credential)
 
 
 @app.exception_handler(RequestValidationError)
@@ -119,11 +145,50 @@ class Ingress:
     """Parses and limits requests, then calls the model deployment named in the URL."""
 
     def __init__(
-        self, models: dict[str, DeploymentHandle[Any]], cards: dict[str, ModelCard], limits: LimitsArgs
+        self,
+        models: dict[str, DeploymentHandle[Any]],
+        cards: dict[str, ModelCard],
+        limits: LimitsArgs,
+        auth: AuthArgs,
+        limiter: DeploymentHandle[Any] | None,
     ) -> None:
         self._models = models
         self._cards = cards
         self._limits = limits
+        self._limiter = limiter
+        # Keys are read here, in the replica, from a file or the environment: they never
+        # travel through Ray's object store.
+        self._keys = KeyStore.load(auth.keys_file, auth.keys_env) if auth.enabled else None
+        if self._keys is None:
+            logger.warning("API key authentication is OFF (auth.enabled: false): every caller may use every model")
+
+    async def _authorize(self, key: str | None, model: str | None) -> tuple[Tenant | None, dict[str, str]]:
+        """The caller's tenant and X-RateLimit-* headers; 401, 403 or 429 when refused."""
+        if self._keys is None:
+            return None, {}
+        if not key:
+            raise Unauthorized(
+                "an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>",
+                headers={"WWW-Authenticate": 'Bearer realm="vision-maas"'},
+            )
+        tenant = self._keys.authenticate(key)
+        if tenant is None:
+            raise Unauthorized(
+                "the API key is not valid",
+                headers={"WWW-Authenticate": 'Bearer realm="vision-maas", error="invalid_token"'},
+            )
+        if model is not None and not tenant.may_use(model):
+            raise Forbidden(f"this API key may not use model {model!r}")
+        if self._limiter is None or (tenant.rate_limit is None and tenant.quota is None):
+            return tenant, {}
+        try:
+            decision = await self._limiter.acquire.remote(tenant.name, tenant.rate_limit, tenant.quota)
+        except Exception:
+            logger.exception("rate limiter unavailable")
+            raise Overloaded("rate limiting is unavailable; retry later") from None
+        if not decision.allowed:
+            raise TooManyRequests(f"tenant {tenant.name!r} is over its rate limit or quota", headers=decision.headers())
+        return tenant, decision.headers()
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -215,8 +280,9 @@ class Ingress:
         openapi_extra=schemas.PREDICT_REQUEST_BODY,
         summary="Predict on one or more images",
     )
-    async def predict(self, model: str, request: Request) -> Response:
+    async def predict(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         card = self._card(model)
+        _, headers = await self._authorize(key, model)
         if card.task not in schemas.PARAMS_BY_TASK:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route")
         images, raw_params = await self._images_and_params(request)
@@ -225,12 +291,14 @@ class Ingress:
         except ValidationError as exc:
             raise InvalidParameters(describe_validation_error(exc)) from None
         result = await self._call(model, "predict", images, params.model_dump())
-        return JSONResponse(result)
+        return JSONResponse(result, headers=headers)
 
     @app.get("/v1/models", response_model=schemas.ModelList, summary="The served models")
-    async def list_models(self) -> Response:
-        entries = await asyncio.gather(*(self._call(name, "metadata") for name in self._cards))
-        return JSONResponse({"models": list(entries)})
+    async def list_models(self, key: str | None = CREDENTIAL) -> Response:
+        tenant, headers = await self._authorize(key, None)
+        names = [name for name in self._cards if tenant is None or tenant.may_use(name)]
+        entries = await asyncio.gather(*(self._call(name, "metadata") for name in names))
+        return JSONResponse({"models": list(entries)}, headers=headers)
 
     @app.get(
         "/v1/models/{model}",
@@ -238,9 +306,10 @@ class Ingress:
         responses=schemas.ERROR_RESPONSES,
         summary="One model: task, input, labels, weights, batching",
     )
-    async def get_model(self, model: str) -> Response:
+    async def get_model(self, model: str, key: str | None = CREDENTIAL) -> Response:
         self._card(model)
-        return JSONResponse(await self._call(model, "metadata"))
+        _, headers = await self._authorize(key, model)
+        return JSONResponse(await self._call(model, "metadata"), headers=headers)
 
     @app.get("/healthz", summary="Liveness of the ingress")
     async def healthz(self) -> dict[str, str]:
@@ -275,8 +344,9 @@ class Ingress:
 
     @app.get("/v2/models/{model}", summary="v2 model metadata")
     @app.get("/v2/models/{model}/versions/{version}", summary="v2 model metadata of a version")
-    async def v2_model(self, model: str, version: str | None = None) -> dict[str, Any]:
+    async def v2_model(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> dict[str, Any]:
         card = self._v2_card(model, version)
+        await self._authorize(key, model)
         return {
             "name": card.name,
             "versions": [card.version],
@@ -290,14 +360,16 @@ class Ingress:
 
     @app.get("/v2/models/{model}/ready", summary="v2 model readiness")
     @app.get("/v2/models/{model}/versions/{version}/ready", summary="v2 model readiness of a version")
-    async def v2_model_ready(self, model: str, version: str | None = None) -> Response:
+    async def v2_model_ready(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> Response:
         card = self._v2_card(model, version)
+        await self._authorize(key, model)
         ready = await self._model_ready(card.name)
         return JSONResponse({"name": card.name, "ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/v2/models/{model}/config", summary="Triton model configuration")
-    async def v2_model_config(self, model: str) -> dict[str, Any]:
+    async def v2_model_config(self, model: str, key: str | None = CREDENTIAL) -> dict[str, Any]:
         card = self._card(model)
+        await self._authorize(key, model)
         meta = await self._call(model, "metadata")
         return {
             "name": card.name,
@@ -313,15 +385,19 @@ class Ingress:
         }
 
     @app.get("/v2/models/{model}/stats", summary="Triton statistics of the replica that answers")
-    async def v2_model_stats(self, model: str) -> dict[str, Any]:
+    async def v2_model_stats(self, model: str, key: str | None = CREDENTIAL) -> dict[str, Any]:
         card = self._card(model)
+        await self._authorize(key, model)
         stats = await self._call(model, "stats")
         return {"model_stats": [{"name": card.name, "version": card.version, **stats}]}
 
     @app.post("/v2/models/{model}/infer", summary="v2 inference (JSON or binary tensor data)")
     @app.post("/v2/models/{model}/versions/{version}/infer", summary="v2 inference on a version")
-    async def v2_infer(self, model: str, request: Request, version: str | None = None) -> Response:
+    async def v2_infer(
+        self, model: str, request: Request, version: str | None = None, key: str | None = CREDENTIAL
+    ) -> Response:
         card = self._v2_card(model, version)
+        _, auth_headers = await self._authorize(key, model)
         body = await read_body(request, self._limits.max_body_bytes)
         infer_request, binary = v2.split_body(body, request.headers.get(v2.HEADER_LENGTH))
         inputs = v2.decode_inputs(infer_request, binary)
@@ -344,4 +420,4 @@ class Ingress:
             raise PayloadTooLarge(f"{count} images in one request; the limit is {self._limits.max_images_per_request}")
         outputs = await self._call(model, "infer", images, tensor)
         content, headers = v2.encode_response(card.name, card.version, infer_request, outputs, card.labels)
-        return Response(content=content, headers=headers)
+        return Response(content=content, headers=headers | auth_headers)

@@ -65,8 +65,13 @@ def test_default_chart_serves_what_the_default_serve_config_serves() -> None:
     cluster = serve_config(rayservice(render_module.render()))
     (local_app,) = local["applications"]
     (cluster_app,) = cluster["applications"]
-    for key in ("name", "route_prefix", "import_path", "args"):
+    for key in ("name", "route_prefix", "import_path"):
         assert cluster_app[key] == local_app[key], key
+    # Deliberate override: API keys are on in the cluster, off (explicitly) on a laptop.
+    cluster_args, local_args = dict(cluster_app["args"]), dict(local_app["args"])
+    assert cluster_args.pop("auth") == {"enabled": True, "keys_env": "VISION_MAAS_API_KEYS"}
+    assert local_args.pop("auth") == {"enabled": False}
+    assert cluster_args == local_args
     local_deployments = {d["name"]: d for d in local_app["deployments"]}
     cluster_deployments = {d["name"]: d for d in cluster_app["deployments"]}
     assert set(cluster_deployments) == set(local_deployments)
@@ -125,6 +130,18 @@ def test_ray_token_auth_is_on_and_the_head_runs_no_replicas(rendered: list[dict[
     assert cluster["rayVersion"] == "2.60.0"
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_api_keys_are_on_and_read_from_a_secret_in_every_ray_container(rendered: list[dict[str, Any]]) -> None:
+    service = rayservice(rendered)
+    for app in serve_config(service)["applications"]:
+        assert AppArgs.model_validate(app["args"]).auth.enabled
+    for template in pod_templates(service):
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            ref = env["VISION_MAAS_API_KEYS"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "vision-maas-api-keys", "key": "keys.yaml"}
+            assert "value" not in env["VISION_MAAS_API_KEYS"]
 
 
 def test_ray_version_matches_the_pinned_ray() -> None:

@@ -25,10 +25,12 @@ import httpx
 import pytest
 import yaml
 
+from deployments.auth import hash_key
 from tests.k8s.conftest import rayservice, render_module
 
 RAY = str(Path(sys.executable).parent / "ray")
 DRIVER = Path(__file__).with_name("multinode_driver.py")
+API_KEY = "vmk_" + secrets.token_urlsafe(32)
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +74,10 @@ def multinode_cluster() -> Iterator[tuple[str, dict[str, str]]]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        # As the chart's Secret does: the API key store, in every Ray node's environment.
+        "VISION_MAAS_API_KEYS": json.dumps(
+            {"tenants": [{"name": "tests", "key_sha256": [hash_key(API_KEY)], "models": ["digits_cnn"]}]}
+        ),
     }
     temp = tempfile.mkdtemp(prefix="vmray", dir="/tmp")  # short: Ray's socket paths are length-limited
     gcs = free_port()
@@ -143,7 +149,10 @@ def test_rendered_serve_config_answers_on_a_multi_node_cluster_with_replicas_on_
     assert lines, failure
     report: dict[str, Any] = json.loads(lines[-1])
 
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as http:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as anonymous:
+        assert anonymous.get("/v1/models").status_code == 401
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0, headers=auth) as http:
         for png, label in digit_pngs[:5]:
             response = http.post("/v1/models/digits_cnn:predict", content=png, headers={"Content-Type": "image/png"})
             assert response.status_code == 200, response.text
@@ -152,6 +161,6 @@ def test_rendered_serve_config_answers_on_a_multi_node_cluster_with_replicas_on_
 
     assert len(report["worker_nodes"]) == 1
     replicas = report["replicas"]  # actor name SERVE_REPLICA::<app>#<deployment>#<id> -> node id
-    assert {name.split("#")[1] for name in replicas} == {"Ingress", "digits_cnn"}
-    assert set(replicas.values()) == {report["worker_nodes"][0]}
+    assert {name.split("#")[1] for name in replicas} == {"Ingress", "digits_cnn", "RateLimiter"}
+    assert set(replicas.values()) == {report["worker_nodes"][0]}  # models, ingress and rate limiter
     assert report["head_node"] not in replicas.values()

@@ -52,6 +52,18 @@ volumes:
     emptyDir: {}
 {{- end -}}
 
+{{/* Environment of every Ray container: Serve replicas may run on any pod. */}}
+{{- define "vision-maas.env" -}}
+- {name: RAY_USAGE_STATS_ENABLED, value: "0"}
+{{- with .Values.apiKeys.existingSecret }}
+- name: VISION_MAAS_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.apiKeys.secretKey }}
+{{- end }}
+{{- end -}}
+
 {{/* Raylet liveness, as KubeRay's default probe: the local raylet answers. */}}
 {{- define "vision-maas.rayletProbe" -}}
 exec:
@@ -109,7 +121,7 @@ failureThreshold: 120
           securityContext:
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
           env:
-            - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
+            {{- include "vision-maas.env" $root | nindent 12 }}
           livenessProbe:
             {{- include "vision-maas.rayletProbe" $root | nindent 12 }}
           readinessProbe:

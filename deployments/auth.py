@@ -1,0 +1,252 @@
+"""API keys and per-tenant rate limits and quotas.
+
+Keys are stored only as sha256 hashes (they are random 256-bit tokens, not passwords, so a
+fast hash is the right tool), loaded from a YAML/JSON file or an environment variable (a
+Kubernetes Secret). Each tenant lists the models it may use, a token-bucket rate limit and
+a request quota per window. Limits are kept by one RateLimiter deployment that every
+ingress replica asks, so they hold however many ingress replicas run.
+
+    python -m deployments.auth new-key --tenant acme --models digits_cnn --rate 10 --burst 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+
+KEY_PREFIX = "vmk_"
+ALL_MODELS = "*"
+
+
+class KeyStoreError(ValueError):
+    """The key store cannot be loaded; the message never contains key material."""
+
+
+class RateLimitArgs(BaseModel):
+    """Token bucket: `requests_per_second` sustained, bursts up to `burst`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    requests_per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class QuotaArgs(BaseModel):
+    """At most `requests` per `window_s` seconds (fixed windows)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    requests: int = Field(ge=1)
+    window_s: int = Field(86_400, ge=1)
+
+
+class TenantArgs(BaseModel):
+    """One tenant of the key store file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    key_sha256: list[str] = Field(min_length=1, description="sha256 hex of each of the tenant's keys")
+    models: list[str] = Field(default_factory=lambda: [ALL_MODELS])
+    rate_limit: RateLimitArgs | None = None
+    quota: QuotaArgs | None = None
+
+
+class KeyStoreArgs(BaseModel):
+    """The key store file: `{"tenants": [...]}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tenants: list[TenantArgs]
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An authenticated caller and what it may do."""
+
+    name: str
+    models: frozenset[str]
+    rate_limit: RateLimitArgs | None
+    quota: QuotaArgs | None
+
+    def may_use(self, model: str) -> bool:
+        """True when this tenant may call `model`."""
+        return ALL_MODELS in self.models or model in self.models
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyStore:
+    """Key hash -> tenant."""
+
+    by_hash: dict[str, Tenant] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> KeyStore:
+        """Parse the YAML or JSON text of a key store; errors name tenants, never keys."""
+        try:
+            raw = yaml.safe_load(text)
+            store = KeyStoreArgs.model_validate(raw)
+        except (yaml.YAMLError, ValidationError) as exc:
+            raise KeyStoreError(f"invalid API key store: {_describe(exc)}") from None
+        by_hash: dict[str, Tenant] = {}
+        names: set[str] = set()
+        for entry in store.tenants:
+            if entry.name in names:
+                raise KeyStoreError(f"tenant {entry.name!r} is listed twice")
+            names.add(entry.name)
+            tenant = Tenant(entry.name, frozenset(entry.models), entry.rate_limit, entry.quota)
+            for digest in entry.key_sha256:
+                digest = digest.lower()
+                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    raise KeyStoreError(f"tenant {entry.name!r}: key_sha256 entries must be 64 hex digits")
+                if digest in by_hash:
+                    raise KeyStoreError(f"tenant {entry.name!r} shares a key with {by_hash[digest].name!r}")
+                by_hash[digest] = tenant
+        return cls(by_hash)
+
+    @classmethod
+    def load(cls, keys_file: str | None, keys_env: str | None) -> KeyStore:
+        """Load from `keys_file`, else from the environment variable `keys_env`."""
+        if keys_file:
+            try:
+                return cls.parse(Path(keys_file).read_text())
+            except OSError as exc:
+                raise KeyStoreError(f"cannot read the API key file ({exc.strerror})") from None
+        if keys_env and os.environ.get(keys_env):
+            return cls.parse(os.environ[keys_env])
+        raise KeyStoreError(
+            f"authentication is on but no API keys are configured: set auth.keys_file or the {keys_env} variable"
+        )
+
+    def authenticate(self, key: str) -> Tenant | None:
+        """The tenant owning `key`, or None."""
+        return self.by_hash.get(hash_key(key))
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A rate-limit verdict and the X-RateLimit-* figures to send back."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+    retry_after_s: int
+
+    def headers(self) -> dict[str, str]:
+        """X-RateLimit-* response headers (plus Retry-After when refused)."""
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_s),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after_s)
+        return headers
+
+
+class Limits:
+    """Token buckets and quota windows per tenant, in one process (the RateLimiter replica)."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, last refill)
+        self._windows: dict[str, tuple[int, int]] = {}  # tenant -> (window index, used)
+
+    def acquire(self, tenant: str, rate: RateLimitArgs | None, quota: QuotaArgs | None) -> Decision:
+        """Take one request from the tenant's quota and bucket, or refuse and say when to retry."""
+        now = self._clock()
+        decisions: list[Decision] = []
+        window = used = 0
+        if quota is not None:
+            window = int(now // quota.window_s)
+            start, used = self._windows.get(tenant, (window, 0))
+            used = used if start == window else 0
+            reset = math.ceil((window + 1) * quota.window_s - now)
+            ok = used < quota.requests
+            decisions.append(Decision(ok, quota.requests, max(0, quota.requests - used - 1), reset, max(1, reset)))
+        tokens = 0.0
+        if rate is not None:
+            tokens, last = self._buckets.get(tenant, (float(rate.burst), now))
+            tokens = min(float(rate.burst), tokens + (now - last) * rate.requests_per_second)
+            ok = tokens >= 1.0
+            left = tokens - 1.0 if ok else tokens
+            refill = math.ceil((rate.burst - left) / rate.requests_per_second)
+            retry = max(1, math.ceil((1.0 - tokens) / rate.requests_per_second))
+            decisions.append(Decision(ok, rate.burst, max(0, int(left)), refill, retry))
+        allowed = all(d.allowed for d in decisions)
+        # Commit only when every limit allows: a refused request costs the tenant nothing.
+        if quota is not None and allowed:
+            self._windows[tenant] = (window, used + 1)
+        if rate is not None:
+            self._buckets[tenant] = (tokens - 1.0 if allowed else tokens, now)
+        refused = [d for d in decisions if not d.allowed]
+        if refused:
+            return max(refused, key=lambda d: d.retry_after_s)
+        return min(decisions, key=lambda d: d.remaining, default=Decision(True, 0, 0, 0, 0))
+
+
+# A sliver of CPU keeps it off a head started with num-cpus 0, beside the other replicas.
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=1024)
+class RateLimiter:
+    """The one place that counts requests, shared by every ingress replica (keep 1 replica)."""
+
+    def __init__(self) -> None:
+        self._limits = Limits()
+
+    def acquire(self, tenant: str, rate: RateLimitArgs | None, quota: QuotaArgs | None) -> Decision:
+        """Count one request of `tenant`."""
+        return self._limits.acquire(tenant, rate, quota)
+
+
+def main(argv: list[str]) -> int:
+    """`new-key`: print a fresh key once, and the key store entry holding only its hash."""
+    parser = argparse.ArgumentParser(prog="python -m deployments.auth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    new = sub.add_parser("new-key", help="create a key and its key store entry")
+    new.add_argument("--tenant", required=True)
+    new.add_argument("--models", default=ALL_MODELS, help="comma-separated model names, or *")
+    new.add_argument("--rate", type=float, help="requests per second")
+    new.add_argument("--burst", type=int, help="bucket size (default: 2 x rate)")
+    new.add_argument("--quota", type=int, help="requests per window")
+    new.add_argument("--window", type=int, default=86_400, help="quota window in seconds")
+    args = parser.parse_args(argv)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    entry: dict[str, Any] = {
+        "name": args.tenant,
+        "key_sha256": [hash_key(key)],
+        "models": args.models.split(","),
+    }
+    if args.rate:
+        entry["rate_limit"] = {"requests_per_second": args.rate, "burst": args.burst or max(1, int(2 * args.rate))}
+    if args.quota:
+        entry["quota"] = {"requests": args.quota, "window_s": args.window}
+    TenantArgs.model_validate(entry)
+    print(f"# the key (shown once; store it in the client's secret store):\n# {key}", file=sys.stderr)
+    print(json.dumps({"tenants": [entry]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
