@@ -118,18 +118,53 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
-        400: "Malformed request or undecodable image",
-        404: "Unknown model or route",
-        408: "Timed out",
-        413: "Body, image bytes, pixel count or image count over the limit",
-        415: "Unsupported content type or image format",
-        422: "Valid request with invalid values",
-        503: "Model at capacity; retry after Retry-After seconds",
-    }.items()
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined: nested `$defs` do not resolve in OpenAPI."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+_ERRORS: dict[int, str] = {
+    400: "Malformed request or undecodable image",
+    401: "No API key, or an unknown one",
+    403: "The API key may not use this model",
+    404: "Unknown model, version or route",
+    408: "Timed out",
+    413: "Body, image bytes, pixel count or image count over the limit",
+    415: "Unsupported content type or image format",
+    422: "Valid request with invalid values",
+    429: "Tenant over its rate limit or quota; retry after Retry-After seconds",
+    503: "Model at capacity or restarting; retry after Retry-After seconds",
 }
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in _ERRORS.items()
+}
+
+
+class V2Error(BaseModel):
+    """Open Inference Protocol errors: a message only."""
+
+    error: str
+
+
+V2_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2Error, "description": text} for status, text in _ERRORS.items()
+}
+
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 PREDICT_REQUEST_BODY: dict[str, Any] = {
@@ -149,7 +184,10 @@ PREDICT_REQUEST_BODY: dict[str, Any] = {
                     "required": ["image"],
                 }
             },
-            "application/json": {"schema": PredictBody.model_json_schema()},
+            "application/json": {
+                "schema": inline_schema(PredictBody),
+                "example": {"instances": [{"b64": "iVBORw0KGgo..."}], "parameters": {"top_k": 3}},
+            },
         },
     }
 }
@@ -165,3 +203,24 @@ class ModelCard(BaseModel):
     labels: list[str]
     input_shape: tuple[int, int, int]
     outputs: list[TensorMeta]
+
+
+def _v2_infer_body() -> dict[str, Any]:
+    from deployments.v2 import InferRequest  # the codec module; imported here to keep this one declarative
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": inline_schema(InferRequest)},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "Binary tensor data extension: the JSON header (its length in the "
+                    "Inference-Header-Content-Length header), then each input's raw bytes.",
+                },
+            },
+        }
+    }
+
+
+V2_INFER_REQUEST_BODY: dict[str, Any] = _v2_infer_body()

@@ -1,0 +1,1 @@
+"""Security test material: the malformed-input corpus shared by unit and integration tests."""
