@@ -39,7 +39,7 @@ def build_app(args: dict[str, Any]) -> Application:
             outputs=[TensorMeta(name=o.name, datatype=o.datatype, shape=list(o.shape)) for o in spec.outputs],
         )
         # serve.deployment turns the classes into Deployments; Ray's decorator is untyped.
-        handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits)  # type: ignore[attr-defined]
+        handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits, app_args.artifacts)  # type: ignore[attr-defined]
     limiter = None
     if app_args.auth.enabled:
         # Fail at startup, naming what is missing, rather than on the first request.

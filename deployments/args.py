@@ -70,12 +70,23 @@ class AuthArgs(_Strict):
     keys_env: str = Field("VISION_MAAS_API_KEYS", description="Variable holding the key store when no file is set.")
 
 
+class ArtifactsArgs(_Strict):
+    """Signed weight manifests (models/manifest.py), checked by each replica before loading."""
+
+    require_signatures: bool = Field(False, description="Refuse weights without a valid signed manifest.")
+    public_keys_file: str | None = Field(
+        None, description="PEM Ed25519 public key(s); `bundled` names the release key shipped with the package."
+    )
+    public_keys_env: str = Field("VISION_MAAS_SIGNING_KEYS", description="Variable holding PEM public keys.")
+
+
 class AppArgs(_Strict):
     """Everything `build_app` needs: what is served, its limits and who may call it."""
 
     models: list[ModelArgs] = Field(min_length=1)
     limits: LimitsArgs = LimitsArgs()
     auth: AuthArgs = AuthArgs()
+    artifacts: ArtifactsArgs = ArtifactsArgs()
 
     @model_validator(mode="after")
     def _unique_and_known(self) -> AppArgs:

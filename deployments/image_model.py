@@ -15,7 +15,8 @@ import ray
 import torch
 from ray import serve
 
-from deployments.args import BatchConfig, LimitsArgs, ModelArgs
+from deployments.args import ArtifactsArgs, BatchConfig, LimitsArgs, ModelArgs
+from deployments.artifacts import verify_weights
 from deployments.errors import InvalidParameters
 from models.images import ImageError, ImageLimits, decode_image
 from models.registry import ModelSpec, get_spec
@@ -51,8 +52,12 @@ def _to_cpu(value: Any) -> Any:
 class ImageModel:
     """Decode and preprocess each request, then run it through a dynamically batched forward."""
 
-    def __init__(self, model: ModelArgs, limits: LimitsArgs) -> None:
+    def __init__(self, model: ModelArgs, limits: LimitsArgs, artifacts: ArtifactsArgs) -> None:
         self._spec: ModelSpec = get_spec(model.registry_key, model.weights, model.sha256, model.name)
+        # Before any byte of the weights is loaded: a changed, added or unsigned file stops the replica.
+        verified = verify_weights(self._spec, model, artifacts)
+        if verified:
+            logger.info(verified)
         self._limits = ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
         self._threads = _replica_threads()
         torch.set_num_threads(self._threads)
@@ -106,9 +111,12 @@ class ImageModel:
     def _prepare(self, images: list[bytes]) -> list[torch.Tensor]:
         """Decode and preprocess every image; an error names the image when there are several."""
         tensors = []
+        # One decode budget for the whole request, not per image: 64 slow images must not add up.
+        deadline = time.monotonic() + self._limits.max_decode_seconds
         for index, data in enumerate(images):
             try:
-                tensors.append(self._spec.preprocess(decode_image(data, self._spec.image_mode, self._limits)))
+                image = decode_image(data, self._spec.image_mode, self._limits, deadline=deadline)
+                tensors.append(self._spec.preprocess(image))
             except ImageError as exc:
                 if len(images) == 1:
                     raise

@@ -1,11 +1,14 @@
 """Weight sources: bundled safetensors, torchvision weights (cached), local files pinned by sha256.
 
+Local files may be encrypted at rest (models.crypto): they are decrypted in memory, never on disk.
+
 Only safetensors or `torch.load(weights_only=True)`: no file is ever unpickled as code.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import urllib.error
@@ -14,11 +17,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file
 from torchvision.models import WeightsEnum
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+ENCRYPTED_SUFFIX = ".enc"  # models.crypto
 
 StateDict = dict[str, torch.Tensor]
 
@@ -44,34 +49,69 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_pin(name: str, actual: str, sha256: str) -> None:
+    if actual != sha256.lower():
+        raise WeightsIntegrityError(f"weight file {name} has sha256 {actual}, expected {sha256.lower()}")
+
+
+def _read_safetensors(source: Path | bytes, name: str) -> StateDict:
+    try:
+        if isinstance(source, bytes):
+            return safetensors_load(source)
+        return load_file(str(source), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsIntegrityError(f"weight file {name} is not valid safetensors") from exc
+
+
+def _read_weights_only(source: Path | bytes, name: str) -> StateDict:
+    try:
+        with warnings.catch_warnings():
+            # torch notes foreign pickle protocols; the weights-only unpickler still decides.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(
+                io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
+            )
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise WeightsIntegrityError(
+            f"weight file {name} is refused: it is not a plain tensor state dict "
+            "(only weights-only files load; nothing is unpickled)"
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsIntegrityError(f"weight file {name} does not hold a state dict of tensors")
+    return state
+
+
 def load_state_dict_file(path: Path, sha256: str | None) -> StateDict:
-    """Load a state dict from safetensors or a weights-only torch file, checking its pin."""
+    """Load a state dict from safetensors or a weights-only torch file, checking its pin.
+
+    `<name>.safetensors.enc` / `<name>.pt.enc` (models.crypto) are decrypted in memory with the
+    keys in $VISION_MAAS_WEIGHTS_KEYS; the pin is the sha256 of the encrypted file on disk.
+    """
     if not path.is_file():
         raise WeightsUnavailable(f"weight file {path.name} does not exist")
-    if sha256 is not None:
-        actual = sha256_file(path)
-        if actual != sha256.lower():
-            raise WeightsIntegrityError(f"weight file {path.name} has sha256 {actual}, expected {sha256.lower()}")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsIntegrityError(f"weight file {path.name} is not valid safetensors") from exc
-    if path.suffix in _PICKLE_SUFFIXES:
-        try:
-            with warnings.catch_warnings():
-                # torch notes foreign pickle protocols; the weights-only unpickler still decides.
-                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-            raise WeightsIntegrityError(
-                f"weight file {path.name} is refused: it is not a plain tensor state dict "
-                "(only weights-only files load; nothing is unpickled)"
-            ) from exc
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise WeightsIntegrityError(f"weight file {path.name} does not hold a state dict of tensors")
-        return state
-    raise WeightsError(f"weight file {path.name}: use .safetensors (or a weights-only .pt/.pth)")
+    encrypted = path.suffix == ENCRYPTED_SUFFIX
+    fmt = Path(path.stem).suffix if encrypted else path.suffix
+    if fmt != ".safetensors" and fmt not in _PICKLE_SUFFIXES:
+        raise WeightsError(
+            f"weight file {path.name}: use .safetensors (or a weights-only .pt/.pth), "
+            f"optionally encrypted as .safetensors{ENCRYPTED_SUFFIX}"
+        )
+    source: Path | bytes = path
+    if encrypted:
+        # Imported here: models.crypto builds on this module's errors (and plain files need no cryptography).
+        from models import crypto
+
+        data = path.read_bytes()  # read once: hashed and decrypted from the same bytes
+        if sha256 is not None:
+            _check_pin(path.name, hashlib.sha256(data).hexdigest(), sha256)
+        # Decrypted in memory only; the ciphertext is dropped before the tensors are built.
+        source = crypto.decrypt_bytes(data, crypto.load_keys(), path.name)
+        del data
+    elif sha256 is not None:
+        _check_pin(path.name, sha256_file(path), sha256)
+    if fmt == ".safetensors":
+        return _read_safetensors(source, path.name)
+    return _read_weights_only(source, path.name)
 
 
 def load_bundled(filename: str, sha256: str) -> StateDict:

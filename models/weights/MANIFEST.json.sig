@@ -1,0 +1,1 @@
+fdciveojXeoxVdN8gR2NZle/brZMsoiygpeYNbRVKmMrsvAHJttwtrLJy3C+2kA/hPiMvcm9e3PjNWl+W/QmDg==
