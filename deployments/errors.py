@@ -100,6 +100,13 @@ class InvalidParameters(ServingError):
     code = "invalid_parameters"
 
 
+class Unavailable(ServingError):
+    """503: the model's replica died or is restarting; retry after `Retry-After` seconds."""
+
+    status_code = 503
+    code = "unavailable"
+
+
 class Overloaded(ServingError):
     """503: the model's queue is full (backpressure); retry after `Retry-After` seconds."""
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
@@ -36,6 +37,7 @@ from deployments.errors import (
     ServingError,
     TooManyRequests,
     Unauthorized,
+    Unavailable,
     UnsupportedMediaType,
     as_serving_error,
     describe_validation_error,
@@ -208,6 +210,10 @@ class Ingress:
             raise RequestTimeout(f"model {model!r} did not answer within {self._limits.request_timeout_s}s") from None
         except BackPressureError:
             raise Overloaded(f"model {model!r} is at capacity; retry later") from None
+        except (RayActorError, ActorUnavailableError):
+            # The replica died mid-request (killed, OOM, node lost); Serve is replacing it.
+            logger.warning("model %s: replica unavailable during %s", model, method)
+            raise Unavailable(f"model {model!r} is restarting; retry later") from None
         except Exception as exc:
             error = as_serving_error(exc)
             if error is None:
@@ -293,7 +299,9 @@ class Ingress:
         result = await self._call(model, "predict", images, params.model_dump())
         return JSONResponse(result, headers=headers)
 
-    @app.get("/v1/models", response_model=schemas.ModelList, summary="The served models")
+    @app.get(
+        "/v1/models", response_model=schemas.ModelList, responses=schemas.ERROR_RESPONSES, summary="The served models"
+    )
     async def list_models(self, key: str | None = CREDENTIAL) -> Response:
         tenant, headers = await self._authorize(key, None)
         names = [name for name in self._cards if tenant is None or tenant.may_use(name)]
@@ -342,8 +350,12 @@ class Ingress:
             raise ModelNotFound(f"model {model!r} has no version {version!r}; it serves {card.version!r}")
         return card
 
-    @app.get("/v2/models/{model}", summary="v2 model metadata")
-    @app.get("/v2/models/{model}/versions/{version}", summary="v2 model metadata of a version")
+    @app.get("/v2/models/{model}", responses=schemas.V2_ERROR_RESPONSES, summary="v2 model metadata")
+    @app.get(
+        "/v2/models/{model}/versions/{version}",
+        responses=schemas.V2_ERROR_RESPONSES,
+        summary="v2 model metadata of a version",
+    )
     async def v2_model(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> dict[str, Any]:
         card = self._v2_card(model, version)
         await self._authorize(key, model)
@@ -358,15 +370,19 @@ class Ingress:
             "outputs": [o.model_dump() for o in card.outputs],
         }
 
-    @app.get("/v2/models/{model}/ready", summary="v2 model readiness")
-    @app.get("/v2/models/{model}/versions/{version}/ready", summary="v2 model readiness of a version")
+    @app.get("/v2/models/{model}/ready", responses=schemas.V2_ERROR_RESPONSES, summary="v2 model readiness")
+    @app.get(
+        "/v2/models/{model}/versions/{version}/ready",
+        responses=schemas.V2_ERROR_RESPONSES,
+        summary="v2 model readiness of a version",
+    )
     async def v2_model_ready(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> Response:
         card = self._v2_card(model, version)
         await self._authorize(key, model)
         ready = await self._model_ready(card.name)
         return JSONResponse({"name": card.name, "ready": ready}, status_code=200 if ready else 503)
 
-    @app.get("/v2/models/{model}/config", summary="Triton model configuration")
+    @app.get("/v2/models/{model}/config", responses=schemas.V2_ERROR_RESPONSES, summary="Triton model configuration")
     async def v2_model_config(self, model: str, key: str | None = CREDENTIAL) -> dict[str, Any]:
         card = self._card(model)
         await self._authorize(key, model)
@@ -384,15 +400,29 @@ class Ingress:
             ],
         }
 
-    @app.get("/v2/models/{model}/stats", summary="Triton statistics of the replica that answers")
+    @app.get(
+        "/v2/models/{model}/stats",
+        responses=schemas.V2_ERROR_RESPONSES,
+        summary="Triton statistics of the replica that answers",
+    )
     async def v2_model_stats(self, model: str, key: str | None = CREDENTIAL) -> dict[str, Any]:
         card = self._card(model)
         await self._authorize(key, model)
         stats = await self._call(model, "stats")
         return {"model_stats": [{"name": card.name, "version": card.version, **stats}]}
 
-    @app.post("/v2/models/{model}/infer", summary="v2 inference (JSON or binary tensor data)")
-    @app.post("/v2/models/{model}/versions/{version}/infer", summary="v2 inference on a version")
+    @app.post(
+        "/v2/models/{model}/infer",
+        responses=schemas.V2_ERROR_RESPONSES,
+        openapi_extra=schemas.V2_INFER_REQUEST_BODY,
+        summary="v2 inference (JSON or binary tensor data)",
+    )
+    @app.post(
+        "/v2/models/{model}/versions/{version}/infer",
+        responses=schemas.V2_ERROR_RESPONSES,
+        openapi_extra=schemas.V2_INFER_REQUEST_BODY,
+        summary="v2 inference on a version",
+    )
     async def v2_infer(
         self, model: str, request: Request, version: str | None = None, key: str | None = CREDENTIAL
     ) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from ray import serve
 
 from tests.conftest import encode
 from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
@@ -18,7 +20,7 @@ from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_confi
 def _app(prefix: str, deployment: dict[str, Any], limits: dict[str, Any] | None = None) -> dict[str, Any]:
     app = default_app_config()
     app["route_prefix"] = prefix
-    app["args"] = {"models": [{"name": "digits_cnn"}], "limits": limits or {}}
+    app["args"] = {"models": [{"name": "digits_cnn"}], "limits": limits or {}, "auth": {"enabled": False}}
     app["deployments"] = [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.1}}, deployment]
     return app
 
@@ -36,6 +38,15 @@ def constrained(cluster: ServeCluster) -> Iterator[str]:
                     "ray_actor_options": {"num_cpus": 0.1},
                     "max_ongoing_requests": 1,
                     "max_queued_requests": 1,
+                    "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+                },
+            ),
+            "patient": _app(
+                "/patient",
+                {
+                    "name": "digits_cnn",
+                    "ray_actor_options": {"num_cpus": 0.1},
+                    "max_ongoing_requests": 1,
                     "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                 },
             ),
@@ -81,5 +92,33 @@ def test_request_over_its_timeout_answers_408(constrained: str) -> None:
         )
         assert response.status_code == 408
         assert response.json()["error"]["code"] == "timeout"
-        # The ingress keeps serving after a timeout.
+        # The ingress keeps serving after a timeout, and the model replica serves the next request.
         assert http.get("/hasty/healthz").status_code == 200
+    replica = serve.get_deployment_handle("digits_cnn", app_name="hasty")
+    result = replica.predict.remote([_big_png()], {"top_k": 1}).result(timeout_s=60)
+    assert len(result["predictions"]) == 1
+
+
+def test_client_that_disconnects_cancels_its_queued_work(constrained: str) -> None:
+    replica = serve.get_deployment_handle("digits_cnn", app_name="patient")
+    before = replica.stats.remote().result(timeout_s=30)["inference_count"]
+    body = _big_png()
+
+    def send_and_hang_up(_: int) -> str:
+        try:
+            httpx.post(
+                f"{constrained}/patient/v1/models/digits_cnn:predict",
+                content=body,
+                headers={"Content-Type": "image/png"},
+                timeout=0.3,
+            )
+            return "answered"
+        except httpx.TimeoutException:
+            return "disconnected"
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(send_and_hang_up, range(12)))
+    time.sleep(5)  # anything still queued would have run by now
+    ran = replica.stats.remote().result(timeout_s=30)["inference_count"] - before
+    assert outcomes.count("disconnected") >= 10
+    assert ran < outcomes.count("disconnected")

@@ -1,0 +1,666 @@
+"""Python client of the vision-maas HTTP API, sync and async, retrying the way the server asks.
+
+Both clients share everything but the send-and-sleep loop: requests are built as plain,
+re-sendable `_Call`s, responses are parsed by the same functions, and one `_Attempts` per call
+decides whether, and after how long, to try again. httpx and numpy are the only imports
+beyond the standard library: the client never imports the server's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import math
+import os
+import random
+import struct
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+ImageSource: TypeAlias = bytes | bytearray | str | os.PathLike[str]
+"""An encoded image: its bytes, or the path of a file holding them."""
+
+Images: TypeAlias = ImageSource | Sequence[ImageSource]
+"""One image or several; several go in one request and come back in the same order."""
+
+ParamValue: TypeAlias = str | int | float | bool
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+USER_AGENT = "vision-maas-client"
+
+# Failures that happen before the server has answered anything: the request can be sent again.
+# (ReadError and RemoteProtocolError count only when raised before the response headers, which
+# the send loop ensures by reading the body in a separate step that is never retried.)
+RETRYABLE_ERRORS: tuple[type[httpx.TransportError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ReadError,
+    httpx.RemoteProtocolError,
+)
+
+# The code of a v2 error, whose body is only {"error": "message"}; the same codes as v1's.
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    408: "timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameters",
+    429: "rate_limited",
+    500: "internal",
+    503: "overloaded",
+}
+
+_NUMPY_TYPES: dict[str, str] = {
+    "BOOL": "?",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+_SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
+    (b"\xff\xd8\xff", 0, "image/jpeg", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png", ".png"),
+    (b"WEBP", 8, "image/webp", ".webp"),  # RIFF....WEBP
+)
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answer of the API: HTTP status, stable code, message and the response's headers."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+        self.retry_after = retry_after
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiError:
+        """Parse either error shape: v1 `{"error": {"code", "message"}}` or v2 `{"error": "message"}`."""
+        status = response.status_code
+        code = _CODE_BY_STATUS.get(status, f"http_{status}")
+        message = response.reason_phrase or f"HTTP {status}"
+        try:
+            body = response.json()
+        except ValueError:  # not JSON, or not UTF-8
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            code = str(error.get("code") or code)
+            message = str(error.get("message") or message)
+        elif isinstance(error, str):
+            message = error
+        elif response.text.strip():
+            # Not our shape (a proxy's page, say): keep a short excerpt to show what answered.
+            message = f"{message}: {response.text.strip()[:200]}"
+        headers = dict(response.headers.items())
+        return cls(status, code, message, headers, parse_retry_after(response.headers.get("retry-after")))
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} {self.code}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"ApiError(status={self.status}, code={self.code!r}, message={self.message!r})"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delay-seconds or an HTTP date); None if absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+# ---- retries ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to send a request again: on 429/503 and connection failures, with capped full-jitter backoff."""
+
+    max_attempts: int = 5
+    backoff_base: float = 0.2
+    backoff_cap: float = 10.0
+    max_retry_after: float = 60.0
+    # None: only max_attempts bounds a call; else no attempt starts, and no sleep ends, past it.
+    timeout_total: float | None = None
+    retry_statuses: frozenset[int] = frozenset({429, 503})
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    async_sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, compare=False, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if min(self.backoff_base, self.backoff_cap, self.max_retry_after) < 0:
+            raise ValueError("backoff_base, backoff_cap and max_retry_after must not be negative")
+        if self.timeout_total is not None and self.timeout_total <= 0:
+            raise ValueError("timeout_total must be positive (or None)")
+
+    def backoff(self, failures: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**(failures - 1))]."""
+        # The exponent is bounded so that a huge attempt count cannot overflow the float.
+        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** min(max(failures - 1, 0), 64))
+        return self.rng.uniform(0.0, ceiling)
+
+    def wait_for(self, retry_after: float | None, failures: int) -> float:
+        """The server's Retry-After (capped at max_retry_after) when it sent one, else the backoff."""
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        return self.backoff(failures)
+
+
+class _Attempts:
+    """The attempts of one call: counts them and decides whether, and after how long, to try again."""
+
+    def __init__(self, policy: RetryPolicy, *, retry: bool = True) -> None:
+        self._policy = policy
+        self._limit = policy.max_attempts if retry else 1
+        self._made = 0
+        self._deadline = None if policy.timeout_total is None else policy.clock() + policy.timeout_total
+
+    def start(self, timeout: httpx.Timeout) -> httpx.Timeout:
+        """Count an attempt; its timeout, shortened to what is left before the deadline."""
+        self._made += 1
+        if self._deadline is None:
+            return timeout
+        left = max(self._deadline - self._policy.clock(), 0.001)
+        return httpx.Timeout(
+            connect=_shorter(timeout.connect, left),
+            read=_shorter(timeout.read, left),
+            write=_shorter(timeout.write, left),
+            pool=_shorter(timeout.pool, left),
+        )
+
+    def after_error(self, error: Exception) -> float | None:
+        """The wait before retrying after a transport failure; None: raise it."""
+        if not isinstance(error, RETRYABLE_ERRORS):
+            return None
+        return self._next(None)
+
+    def after_status(self, error: ApiError) -> float | None:
+        """The wait before retrying after an error status; None: raise it."""
+        if error.status not in self._policy.retry_statuses:
+            return None
+        return self._next(error.retry_after)
+
+    def _next(self, retry_after: float | None) -> float | None:
+        if self._made >= self._limit:
+            return None
+        delay = self._policy.wait_for(retry_after, self._made)
+        # Sleeping past the deadline only to be cut off would waste the caller's time.
+        if self._deadline is not None and self._policy.clock() + delay >= self._deadline:
+            return None
+        return delay
+
+
+def _shorter(value: float | None, limit: float) -> float:
+    return limit if value is None else min(value, limit)
+
+
+# ---- requests -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A request ready to send as many times as needed: the body is bytes, never a stream."""
+
+    method: str
+    path: str
+    params: dict[str, str] | None = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def sniff_content_type(data: bytes) -> str:
+    """The image media type from the magic bytes (JPEG, PNG, WebP); application/octet-stream otherwise."""
+    for magic, offset, media_type, _ in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return media_type
+    return "application/octet-stream"
+
+
+def _extension(data: bytes) -> str:
+    for magic, offset, _, extension in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return extension
+    return ".bin"
+
+
+def _load(images: Images) -> list[tuple[bytes, str]]:
+    """Each image as (bytes, file name); a path is read now, so that a retry sends the same bytes."""
+    sources: Sequence[ImageSource] = (
+        [images] if isinstance(images, bytes | bytearray | str | os.PathLike) else list(images)
+    )
+    if not sources:
+        raise ValueError("no images given")
+    loaded: list[tuple[bytes, str]] = []
+    for i, source in enumerate(sources):
+        if isinstance(source, bytes | bytearray):
+            data = bytes(source)
+            loaded.append((data, f"image{i}{_extension(data)}"))
+        else:
+            path = Path(source)
+            loaded.append((path.read_bytes(), path.name))
+    return loaded
+
+
+def _field(value: ParamValue) -> str:
+    # JSON spelling for booleans: the server's validators read "true"/"false", not "True".
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _model_path(model: str) -> str:
+    return f"/v1/models/{quote(model, safe='')}"
+
+
+def _predict_call(model: str, images: Images, parameters: Mapping[str, ParamValue]) -> _Call:
+    """One image: the raw body with its sniffed type; several: multipart, one `image` part each."""
+    loaded = _load(images)
+    fields = {name: _field(value) for name, value in parameters.items()}
+    path = f"{_model_path(model)}:predict"
+    if len(loaded) == 1:
+        data = loaded[0][0]
+        return _Call(
+            "POST", path, params=fields or None, content=data, headers={"Content-Type": sniff_content_type(data)}
+        )
+    # httpx encodes the multipart body; reading it here turns it into bytes that can be re-sent.
+    encoded = httpx.Request(
+        "POST",
+        "http://multipart.invalid/",
+        data=fields,
+        files=[("image", (name, data, sniff_content_type(data))) for data, name in loaded],
+    )
+    return _Call("POST", path, content=encoded.read(), headers={"Content-Type": encoded.headers["Content-Type"]})
+
+
+def _predict_json_call(model: str, images: Images, parameters: Mapping[str, Any] | None) -> _Call:
+    instances = [{"b64": base64.b64encode(data).decode("ascii")} for data, _ in _load(images)]
+    body = json.dumps({"instances": instances, "parameters": dict(parameters or {})}).encode()
+    return _Call("POST", f"{_model_path(model)}:predict", content=body, headers={"Content-Type": "application/json"})
+
+
+def _infer_call(model: str, images: Images, version: str | None) -> _Call:
+    """Open Inference Protocol v2, binary extension: one BYTES input `image`, every output as binary."""
+    loaded = _load(images)
+    raw = b"".join(struct.pack("<I", len(data)) + data for data, _ in loaded)
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [len(loaded)],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        },
+        separators=(",", ":"),
+    ).encode()
+    path = f"/v2/models/{quote(model, safe='')}"
+    if version is not None:
+        path += f"/versions/{quote(version, safe='')}"
+    return _Call(
+        "POST",
+        f"{path}/infer",
+        content=head + raw,
+        headers={"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))},
+    )
+
+
+# ---- responses ----------------------------------------------------------------------------
+
+
+def _invalid(response: httpx.Response, what: str) -> ApiError:
+    return ApiError(response.status_code, "invalid_response", what, dict(response.headers.items()))
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:  # not JSON, or not UTF-8
+        raise _invalid(response, "the server's answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise _invalid(response, "the server's answer is not a JSON object")
+    return body
+
+
+def _model_list(response: httpx.Response) -> list[dict[str, Any]]:
+    models = _json_object(response).get("models")
+    if not isinstance(models, list):
+        raise _invalid(response, "the model list has no 'models' array")
+    return models
+
+
+def _tensors(response: httpx.Response) -> dict[str, np.ndarray]:
+    """The outputs of a v2 answer by name, from binary data or JSON `data`."""
+    body = response.content
+    length = response.headers.get(HEADER_LENGTH)
+    try:
+        size = len(body) if length is None else int(length)
+        if not 0 < size <= len(body):
+            raise ValueError(f"{HEADER_LENGTH} {size} is outside the body of {len(body)} bytes")
+        head = json.loads(body[:size])
+        binary = body[size:]
+        outputs: dict[str, np.ndarray] = {}
+        offset = 0
+        for output in head["outputs"]:
+            shape = [int(d) for d in output["shape"]]
+            binary_size = (output.get("parameters") or {}).get("binary_data_size")
+            if binary_size is None:
+                outputs[output["name"]] = _tensor_from_json(output["datatype"], shape, output.get("data", []))
+                continue
+            chunk = binary[offset : offset + int(binary_size)]
+            if len(chunk) != binary_size:
+                raise ValueError(f"output {output['name']!r} is truncated")
+            offset += len(chunk)
+            outputs[output["name"]] = _tensor_from_bytes(output["datatype"], shape, chunk)
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise _invalid(response, f"malformed inference response: {exc}") from None
+    return outputs
+
+
+def _tensor_from_bytes(datatype: str, shape: list[int], chunk: bytes) -> np.ndarray:
+    if datatype == "BYTES":
+        items: list[bytes] = []
+        offset = 0
+        while offset < len(chunk):
+            (length,) = struct.unpack_from("<I", chunk, offset)
+            item = chunk[offset + 4 : offset + 4 + length]
+            if len(item) != length:
+                raise ValueError("BYTES element is truncated")
+            items.append(item)
+            offset += 4 + length
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    if datatype not in _NUMPY_TYPES:
+        raise ValueError(f"unsupported datatype {datatype!r}")
+    # A copy: frombuffer over bytes is read-only, and callers expect an ordinary array.
+    return np.frombuffer(chunk, dtype=np.dtype(_NUMPY_TYPES[datatype])).reshape(shape).copy()
+
+
+def _tensor_from_json(datatype: str, shape: list[int], data: list[Any]) -> np.ndarray:
+    if datatype == "BYTES":
+        array = np.empty(len(data), dtype=object)
+        array[:] = data
+        return array.reshape(shape)
+    if datatype not in _NUMPY_TYPES:
+        raise ValueError(f"unsupported datatype {datatype!r}")
+    return np.asarray(data, dtype=np.dtype(_NUMPY_TYPES[datatype])).reshape(shape)
+
+
+def _rate_limit(response: httpx.Response) -> dict[str, str]:
+    prefix = "x-ratelimit-"
+    return {
+        name.lower().removeprefix(prefix): value
+        for name, value in response.headers.items()
+        if name.lower().startswith(prefix)
+    }
+
+
+# ---- clients ------------------------------------------------------------------------------
+
+
+class _Base:
+    """What both clients share: configuration, headers, and the verdict on each response."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float | httpx.Timeout | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        self.base_url = base_url
+        self.retry = retry or RetryPolicy()
+        self._timeout = httpx.Timeout(timeout)
+        self._has_key = bool(api_key)
+        # The last response's X-RateLimit-* headers, by lower-case suffix: limit, remaining, reset.
+        self.last_rate_limit: dict[str, str] = {}
+
+    @staticmethod
+    def _headers(api_key: str | None) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
+    def _verdict(self, response: httpx.Response, attempts: _Attempts) -> float | None:
+        """None when the response is a success; the wait before retrying; or raise its ApiError."""
+        self.last_rate_limit = _rate_limit(response)
+        if response.is_success:
+            return None
+        error = ApiError.from_response(response)
+        delay = attempts.after_status(error)
+        if delay is None:
+            raise error
+        return delay
+
+    def __repr__(self) -> str:
+        # The key is never shown, only whether there is one.
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={'***' if self._has_key else None})"
+
+
+class VisionClient(_Base):
+    """Synchronous client of the vision-maas HTTP API; use it as a context manager, or close() it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, retry)
+        self._client = httpx.Client(
+            base_url=base_url, headers=self._headers(api_key), timeout=self._timeout, transport=transport
+        )
+
+    def _send(self, call: _Call, *, retry: bool = True) -> httpx.Response:
+        attempts = _Attempts(self.retry, retry=retry)
+        while True:
+            request = self._client.build_request(
+                call.method,
+                call.path,
+                params=call.params,
+                content=call.content,
+                headers=call.headers,
+                timeout=attempts.start(self._timeout),
+            )
+            try:
+                # Streamed, so that an error raised here came before the response headers.
+                response = self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                delay = attempts.after_error(exc)
+                if delay is None:
+                    raise
+            else:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                delay = self._verdict(response, attempts)
+                if delay is None:
+                    return response
+            self.retry.sleep(delay)
+
+    def predict(self, model: str, images: Images, top_k: int | None = None, **parameters: ParamValue) -> dict[str, Any]:
+        """Predict on one image (raw body) or several (multipart); one prediction per image, in order."""
+        params = parameters if top_k is None else {"top_k": top_k, **parameters}
+        return _json_object(self._send(_predict_call(model, images, params)))
+
+    def predict_json(self, model: str, images: Images, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Predict through the JSON form: base64 instances plus shared parameters."""
+        return _json_object(self._send(_predict_json_call(model, images, parameters)))
+
+    def models(self) -> list[dict[str, Any]]:
+        """The catalogue entries this key may use."""
+        return _model_list(self._send(_Call("GET", "/v1/models")))
+
+    def model(self, name: str) -> dict[str, Any]:
+        """One catalogue entry."""
+        return _json_object(self._send(_Call("GET", _model_path(name))))
+
+    def infer(self, model: str, images: Images, version: str | None = None) -> dict[str, np.ndarray]:
+        """Open Inference Protocol v2 inference with binary tensors; every output as a numpy array."""
+        return _tensors(self._send(_infer_call(model, images, version)))
+
+    def healthy(self) -> bool:
+        """Whether the ingress answers its liveness route (one attempt, no retries)."""
+        try:
+            self._send(_Call("GET", "/healthz"), retry=False)
+        except (ApiError, httpx.HTTPError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncVisionClient(_Base):
+    """Asynchronous client with VisionClient's API; use it with `async with`, or aclose() it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, retry)
+        self._client = httpx.AsyncClient(
+            base_url=base_url, headers=self._headers(api_key), timeout=self._timeout, transport=transport
+        )
+
+    async def _send(self, call: _Call, *, retry: bool = True) -> httpx.Response:
+        attempts = _Attempts(self.retry, retry=retry)
+        while True:
+            request = self._client.build_request(
+                call.method,
+                call.path,
+                params=call.params,
+                content=call.content,
+                headers=call.headers,
+                timeout=attempts.start(self._timeout),
+            )
+            try:
+                # Streamed, so that an error raised here came before the response headers.
+                response = await self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                delay = attempts.after_error(exc)
+                if delay is None:
+                    raise
+            else:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                delay = self._verdict(response, attempts)
+                if delay is None:
+                    return response
+            await self.retry.async_sleep(delay)
+
+    async def predict(
+        self, model: str, images: Images, top_k: int | None = None, **parameters: ParamValue
+    ) -> dict[str, Any]:
+        """Predict on one image (raw body) or several (multipart); one prediction per image, in order."""
+        params = parameters if top_k is None else {"top_k": top_k, **parameters}
+        return _json_object(await self._send(_predict_call(model, images, params)))
+
+    async def predict_json(
+        self, model: str, images: Images, parameters: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Predict through the JSON form: base64 instances plus shared parameters."""
+        return _json_object(await self._send(_predict_json_call(model, images, parameters)))
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The catalogue entries this key may use."""
+        return _model_list(await self._send(_Call("GET", "/v1/models")))
+
+    async def model(self, name: str) -> dict[str, Any]:
+        """One catalogue entry."""
+        return _json_object(await self._send(_Call("GET", _model_path(name))))
+
+    async def infer(self, model: str, images: Images, version: str | None = None) -> dict[str, np.ndarray]:
+        """Open Inference Protocol v2 inference with binary tensors; every output as a numpy array."""
+        return _tensors(await self._send(_infer_call(model, images, version)))
+
+    async def healthy(self) -> bool:
+        """Whether the ingress answers its liveness route (one attempt, no retries)."""
+        try:
+            await self._send(_Call("GET", "/healthz"), retry=False)
+        except (ApiError, httpx.HTTPError):
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,272 @@
+"""Faults under load on 127.0.0.1: replicas killed, redeploys, overload. Bounded in time.
+
+Each run prints its figures (requests sent, failed, time to a serving replacement), which
+the README's Security and reliability section reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from maas import ApiError, RetryPolicy, VisionClient
+from tests.conftest import encode
+from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
+
+pytestmark = pytest.mark.slow
+APP = "faults"
+RATE = 20.0
+
+
+@dataclass
+class LoadReport:
+    """Outcomes of one load stream: 'ok', or the failure's status or exception name."""
+
+    outcomes: list[tuple[float, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, at: float, outcome: str) -> None:
+        with self.lock:
+            self.outcomes.append((at, outcome))
+
+    def counts(self) -> Counter[str]:
+        return Counter(outcome for _, outcome in self.outcomes)
+
+    def failed(self) -> int:
+        return sum(n for outcome, n in self.counts().items() if outcome != "ok")
+
+
+def run_load(
+    sends: dict[str, Callable[[], str]], rate: float, seconds: float, side: Callable[[], None]
+) -> dict[str, LoadReport]:
+    """Each stream sends at `rate` requests/s for `seconds` (open loop) while `side` runs."""
+    reports = {name: LoadReport() for name in sends}
+    start = time.monotonic()
+
+    def one(name: str) -> None:
+        outcome = sends[name]()
+        reports[name].add(time.monotonic() - start, outcome)
+
+    worker = threading.Thread(target=side)
+    with ThreadPoolExecutor(128) as pool:
+        worker.start()
+        n = 0
+        while (elapsed := time.monotonic() - start) < seconds:
+            if n / rate > elapsed:
+                time.sleep(n / rate - elapsed)
+            for name in sends:
+                pool.submit(one, name)
+            n += 1
+        worker.join()
+    return reports
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """Pids of the replica processes of `deployment` in `app` (Ray names the process)."""
+    marker = f"ServeReplica:{app}:{deployment}"
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []):
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def fault_app(max_queued_requests: int = 2000, prefix: str = "/faults") -> dict[str, Any]:
+    """Two ingress replicas (as the chart runs them) and one model replica whose queue holds
+    requests while a killed replica is replaced, rather than shedding them."""
+    app = default_app_config()
+    app["route_prefix"] = prefix
+    app["args"]["models"] = [{"name": "digits_cnn"}]
+    app["deployments"] = [
+        {"name": "Ingress", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
+        {
+            "name": "digits_cnn",
+            "ray_actor_options": {"num_cpus": 0.25},
+            "max_ongoing_requests": 16,
+            "max_queued_requests": max_queued_requests,
+            "graceful_shutdown_wait_loop_s": 0.5,
+            "graceful_shutdown_timeout_s": 20,
+            "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005},
+        },
+    ]
+    return app
+
+
+@pytest.fixture(scope="module")
+def faults(cluster: ServeCluster) -> Iterator[tuple[ServeCluster, str]]:
+    main = cluster.apps[MAIN_APP]
+    cluster.deploy({MAIN_APP: main, APP: fault_app()})
+    yield cluster, f"{cluster.url}/faults"
+    cluster.deploy({MAIN_APP: main})
+
+
+def senders(url: str, png: bytes) -> tuple[dict[str, Callable[[], str]], list[Any]]:
+    """A retrying client (the maas client's policy) and a plain one, sending the same image."""
+    retrying = VisionClient(url, timeout=30.0, retry=RetryPolicy(max_attempts=30, backoff_cap=2.0, timeout_total=60))
+    plain = httpx.Client(timeout=30.0)
+
+    def with_retries() -> str:
+        try:
+            retrying.predict("digits_cnn", png)
+            return "ok"
+        except ApiError as exc:
+            return str(exc.status)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+
+    def without_retries() -> str:
+        try:
+            response = plain.post(
+                f"{url}/v1/models/digits_cnn:predict", content=png, headers={"Content-Type": "image/png"}
+            )
+            return "ok" if response.status_code == 200 else str(response.status_code)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+
+    return {"with_retries": with_retries, "without_retries": without_retries}, [retrying, plain]
+
+
+@pytest.mark.parametrize("deployment", ["digits_cnn", "Ingress"])
+def test_killed_replica_loses_no_request_with_retries_and_is_replaced_within_30s(
+    faults: tuple[ServeCluster, str], digit_pngs: list[tuple[bytes, int]], deployment: str
+) -> None:
+    _, url = faults
+    sends, clients = senders(url, digit_pngs[0][0])
+    before = set(replica_pids(APP, deployment))
+    victim = min(before)
+    replaced: dict[str, float] = {}
+
+    def kill() -> None:
+        time.sleep(5)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        deadline = killed_at + 60
+        while time.monotonic() < deadline:
+            fresh = set(replica_pids(APP, deployment)) - before
+            if fresh:
+                try:
+                    if httpx.get(f"{url}/v1/models/digits_cnn", timeout=5).status_code == 200:
+                        replaced["seconds"] = time.monotonic() - killed_at
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.2)
+
+    try:
+        # 20 requests/s in all: half from a retrying client, half from a plain one.
+        reports = run_load(sends, RATE / 2, 25, kill)
+    finally:
+        for client in clients:
+            client.close()
+    sent = {name: len(r.outcomes) for name, r in reports.items()}
+    failed = {name: r.failed() for name, r in reports.items()}
+    print(f"\nkill {deployment}: sent {sent}, failed {failed}, replaced in {replaced.get('seconds', -1):.1f}s")
+    assert replaced["seconds"] < 30
+    assert failed["with_retries"] == 0, reports["with_retries"].counts()
+    assert failed["without_retries"] < 0.01 * sent["without_retries"], reports["without_retries"].counts()
+
+
+def test_redeploys_under_load_drop_no_request(
+    faults: tuple[ServeCluster, str], digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    cluster, url = faults
+    sends, clients = senders(url, digit_pngs[0][0])
+    del sends["with_retries"]  # zero drops must hold without client retries
+    main = cluster.apps[MAIN_APP]
+    stages: list[str] = []
+
+    def redeploy() -> None:
+        time.sleep(3)
+        tuned = fault_app()
+        tuned["deployments"][1]["user_config"] = {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
+        cluster.deploy({MAIN_APP: main, APP: tuned})  # user_config only: reconfigured in place
+        stages.append("user_config")
+        time.sleep(3)
+        new_version = copy.deepcopy(tuned)
+        new_version["args"]["models"] = [{"name": "digits_cnn", "weights": "random"}]
+        cluster.deploy({MAIN_APP: main, APP: new_version})  # a new model version: replicas replaced
+        stages.append("model_version")
+        time.sleep(3)
+
+    try:
+        reports = run_load(sends, RATE, 25, redeploy)
+    finally:
+        for client in clients:
+            client.close()
+        cluster.deploy({MAIN_APP: main, APP: fault_app()})
+    report = reports["without_retries"]
+    print(f"\nredeploys {stages}: sent {len(report.outcomes)}, failed {report.failed()}")
+    assert stages == ["user_config", "model_version"]
+    assert report.failed() == 0, report.counts()
+
+
+def _closed_loop_throughput(send: Callable[[], str], seconds: float, workers: int = 8) -> tuple[float, Counter[str]]:
+    done: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def loop() -> None:
+        while time.monotonic() < stop:
+            outcome = send()
+            with lock:
+                done[outcome] += 1
+
+    threads = [threading.Thread(target=loop) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return done["ok"] / seconds, done
+
+
+def test_three_times_overload_sheds_with_503_never_500_and_recovers(faults: tuple[ServeCluster, str]) -> None:
+    cluster, base = faults
+    # A short queue, as a latency-bound service sets it: excess load is shed with 503.
+    main = cluster.apps[MAIN_APP]
+    cluster.deploy({MAIN_APP: main, APP: fault_app(), "overload": fault_app(32, "/overload")})
+    url = base.replace("/faults", "/overload")
+    # A large image keeps each request busy for tens of milliseconds on this small model.
+    rng = np.random.default_rng(0)
+    heavy = encode(Image.fromarray(rng.integers(0, 256, (1200, 1200), dtype=np.uint8)))
+    http = httpx.Client(timeout=30.0, limits=httpx.Limits(max_connections=256))
+
+    def send() -> str:
+        try:
+            response = http.post(
+                f"{url}/v1/models/digits_cnn:predict", content=heavy, headers={"Content-Type": "image/png"}
+            )
+            return "ok" if response.status_code == 200 else str(response.status_code)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+
+    try:
+        capacity, _ = _closed_loop_throughput(send, 8)
+        assert capacity > 0
+        reports = run_load({"overload": send}, 3 * capacity, 60, lambda: None)
+        time.sleep(5)
+        recovered, after = _closed_loop_throughput(send, 8)
+    finally:
+        http.close()
+        cluster.deploy({MAIN_APP: main, APP: fault_app()})
+    counts = reports["overload"].counts()
+    print(f"\noverload at 3 x {capacity:.1f}/s for 60s: {dict(counts)}; after: {recovered:.1f}/s {dict(after)}")
+    assert set(counts) <= {"ok", "503", "429"}, counts
+    assert counts["503"] + counts["429"] > 0
+    assert recovered >= 0.7 * capacity

@@ -1,0 +1,657 @@
+"""The Python client (maas) against a real HTTP server on 127.0.0.1 that imitates the API's contract.
+
+The server is a small FastAPI app run by uvicorn in a thread: it records what arrives, checks
+the API key, and answers from a per-model script, so retries, headers and bodies are seen on the
+wire rather than through mocks. Its v2 route uses the server's own codec (deployments.v2).
+Behavioural tests run twice: with VisionClient, and with AsyncVisionClient inside asyncio.run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from deployments import v2
+from deployments.errors import ServingError
+from maas import ApiError, AsyncVisionClient, RetryPolicy, VisionClient
+from maas.client import Images, ParamValue, parse_retry_after, sniff_content_type
+
+KEY = "vmk_test-only-secret-0123456789"
+PNG = b"\x89PNG\r\n\x1a\n" + b"png-pixels"
+JPEG = b"\xff\xd8\xff\xe0" + b"jpeg-pixels"
+WEBP = b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"webp-pixels"
+RATE_HEADERS = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9", "X-RateLimit-Reset": "1"}
+
+
+# ---- the fake server -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scripted answer: an error status (v1 or v2 error body) with its headers."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    code: str = "scripted"
+
+
+@dataclass
+class Seen:
+    """One request as the server received it."""
+
+    content_type: str
+    authorization: str | None
+    query: dict[str, str]
+    body: bytes
+    parts: list[tuple[str, str | None, str | None, bytes]] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    # The real ingress: /v2 answers {"error": message}, everything else {"error": {code, message}}.
+    body: dict[str, Any] = (
+        {"error": message} if request.url.path.startswith("/v2") else {"error": {"code": code, "message": message}}
+    )
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class FakeApi:
+    """The API's contract on a real socket: records requests, checks the key, follows scripts."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.scripts: dict[str, list[Reply]] = defaultdict(list)
+        self.seen: dict[str, list[Seen]] = defaultdict(list)
+        self.app = self._build()
+
+    def script(self, model: str, *replies: Reply) -> str:
+        """Answer the next requests for `model` with `replies`, then succeed; returns a fresh model name."""
+        name = f"{model}-{uuid.uuid4().hex[:8]}"
+        self.scripts[name] = list(replies)
+        return name
+
+    def hits(self, model: str) -> int:
+        return len(self.seen[model])
+
+    async def _record(self, model: str, request: Request) -> Seen:
+        body = await request.body()
+        seen = Seen(
+            content_type=request.headers.get("content-type", ""),
+            authorization=request.headers.get("authorization"),
+            query=dict(request.query_params),
+            body=body,
+        )
+        if seen.content_type.startswith("multipart/form-data"):
+            async with request.form() as form:
+                for name, value in form.multi_items():
+                    if isinstance(value, UploadFile):
+                        seen.parts.append((name, value.filename, value.content_type, await value.read()))
+                    else:
+                        seen.fields[name] = value
+        self.seen[model].append(seen)
+        return seen
+
+    def _refusal(self, model: str, request: Request) -> Response | None:
+        """401 without the right key, else the model's next scripted error, else None (succeed)."""
+        if request.headers.get("authorization") != f"Bearer {KEY}":
+            return _error(request, 401, "unauthorized", "the API key is not valid", {"WWW-Authenticate": "Bearer"})
+        script = self.scripts.get(model)
+        if script:
+            reply = script.pop(0)
+            return _error(request, reply.status, reply.code, f"scripted {reply.status}", reply.headers)
+        return None
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/healthz")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.post("/v1/models/{model}:predict")
+        async def predict(model: str, request: Request) -> Response:
+            seen = await self._record(model, request)
+            refused = self._refusal(model, request)
+            if refused is not None:
+                return refused
+            count = len(seen.parts) or 1
+            if seen.content_type == "application/json":
+                count = len(json_body(seen)["instances"])
+            prediction = {"labels": [{"label": "7", "index": 7, "score": 0.9}]}
+            body = {"model": model, "model_version": "1", "weights": "t", "predictions": [prediction] * count}
+            return JSONResponse(body, headers=RATE_HEADERS)
+
+        @app.get("/v1/models")
+        async def list_models(request: Request) -> Response:
+            await self._record("/v1/models", request)
+            refused = self._refusal("/v1/models", request)
+            return refused or JSONResponse({"models": [{"name": "digits_cnn"}]}, headers=RATE_HEADERS)
+
+        @app.get("/v1/models/{model}")
+        async def get_model(model: str, request: Request) -> Response:
+            await self._record(model, request)
+            if model != "digits_cnn":
+                return _error(request, 404, "model_not_found", f"model {model!r} is not served")
+            return self._refusal(model, request) or JSONResponse({"name": model, "task": "classification"})
+
+        @app.post("/v2/models/{model}/infer")
+        async def infer(model: str, request: Request) -> Response:
+            seen = await self._record(model, request)
+            if model == "missing":
+                return _error(request, 404, "model_not_found", "model 'missing' is not served")
+            refused = self._refusal(model, request)
+            if refused is not None:
+                return refused
+            try:
+                parsed, binary = v2.split_body(seen.body, request.headers.get(v2.HEADER_LENGTH))
+                images = v2.decode_inputs(parsed, binary)["image"]
+                assert isinstance(images, list)
+                # Outputs computed from the inputs, so the test can tell them apart and check them.
+                sizes = np.array([len(image) for image in images], dtype=np.float32)
+                heads = np.array([[image[0], image[1]] for image in images], dtype=np.float32)
+                outputs = {"sizes": sizes, "heads": heads}
+                content, headers = v2.encode_response(model, "1", parsed, outputs, labels=[])
+            except ServingError as exc:
+                return _error(request, exc.status_code, exc.code, exc.message)
+            return Response(content, headers=headers)
+
+        return app
+
+
+def json_body(seen: Seen) -> dict[str, Any]:
+    """The JSON body of a recorded request."""
+    parsed = json.loads(seen.body)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[FakeApi]:
+    """The fake API served by uvicorn on a free port of 127.0.0.1, for the whole module."""
+    fake = FakeApi()
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(fake.app, lifespan="off", ws="none", http="h11", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield fake
+    server.should_exit = True
+    thread.join(timeout=5)
+    sock.close()
+
+
+def dead_port() -> int:
+    """A port of 127.0.0.1 where nothing listens (bound once by us, then released)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class HangUp:
+    """A raw TCP server that reads each request, hangs up without answering the first `drops`, then answers."""
+
+    def __init__(self, drops: int) -> None:
+        self.drops = drops
+        self.connections = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        body = b'{"models": [{"name": "digits_cnn"}]}'
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                self.connections += 1
+                if self.connections > self.drops:
+                    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                    conn.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+# ---- clients under test ------------------------------------------------------------------
+
+
+class Ceiling(random.Random):
+    """Full jitter drawn at its maximum, so that the backoff ceilings themselves are recorded."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+class Sleeps:
+    """A fake sleep that records each delay and moves a fake clock, for both clients."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.now += seconds
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+    def clock(self) -> float:
+        return self.now
+
+    def policy(self, **options: Any) -> RetryPolicy:
+        return RetryPolicy(sleep=self.sleep, async_sleep=self.async_sleep, clock=self.clock, **options)
+
+
+class AsyncAsSync:
+    """AsyncVisionClient behind VisionClient's face: each call runs under asyncio.run with a fresh client."""
+
+    def __init__(self, base_url: str, **options: Any) -> None:
+        self._base_url = base_url
+        self._options = options
+        self.last_rate_limit: dict[str, str] = {}
+
+    def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        async def call() -> Any:
+            async with AsyncVisionClient(self._base_url, **self._options) as client:
+                try:
+                    return await getattr(client, method)(*args, **kwargs)
+                finally:
+                    self.last_rate_limit = client.last_rate_limit
+
+        return asyncio.run(call())
+
+    def predict(self, model: str, images: Images, top_k: int | None = None, **parameters: ParamValue) -> Any:
+        return self._run("predict", model, images, top_k, **parameters)
+
+    def predict_json(self, model: str, images: Images, parameters: dict[str, Any] | None = None) -> Any:
+        return self._run("predict_json", model, images, parameters)
+
+    def models(self) -> Any:
+        return self._run("models")
+
+    def model(self, name: str) -> Any:
+        return self._run("model", name)
+
+    def infer(self, model: str, images: Images) -> Any:
+        return self._run("infer", model, images)
+
+    def healthy(self) -> bool:
+        return bool(self._run("healthy"))
+
+
+Client = VisionClient | AsyncAsSync
+Connect = Callable[..., Client]
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture(params=["sync", "async"])
+def connect(request: pytest.FixtureRequest, api: FakeApi, sleeps: Sleeps) -> Iterator[Connect]:
+    """A factory of clients of one kind, on the fake API with the right key and recorded sleeps by default."""
+    opened: list[VisionClient] = []
+
+    def make(url: str | None = None, api_key: str | None = KEY, **policy: Any) -> Client:
+        options: dict[str, Any] = {"api_key": api_key, "timeout": 5.0, "retry": sleeps.policy(**policy)}
+        if request.param == "async":
+            return AsyncAsSync(url or api.url, **options)
+        client = VisionClient(url or api.url, **options)
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.close()
+
+
+# ---- requests on the wire ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "content_type"),
+    [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp"), (b"GIF89a...", "application/octet-stream")],
+)
+def test_single_image_is_sent_raw_with_its_sniffed_type_when_predicting_one(
+    api: FakeApi, connect: Connect, image: bytes, content_type: str
+) -> None:
+    """One image goes as the raw body, typed by its magic bytes; parameters go in the query string."""
+    model = api.script("raw")
+    result = connect().predict(model, [image], top_k=3)
+    assert len(result["predictions"]) == 1
+    (seen,) = api.seen[model]
+    assert seen.content_type == content_type
+    assert seen.body == image
+    assert seen.query == {"top_k": "3"}
+    assert seen.authorization == f"Bearer {KEY}"
+
+
+def test_several_images_arrive_as_image_parts_in_order_when_multipart(
+    api: FakeApi, connect: Connect, tmp_path: Path
+) -> None:
+    """Several images become one `image` part each, in order, with parameters as form fields."""
+    path = tmp_path / "digit.webp"
+    path.write_bytes(WEBP)
+    model = api.script("multi")
+    result = connect().predict(model, [PNG, JPEG, path], top_k=2, flag=True)
+    assert len(result["predictions"]) == 3
+    (seen,) = api.seen[model]
+    assert seen.content_type.startswith("multipart/form-data; boundary=")
+    assert [(name, filename, kind, data) for name, filename, kind, data in seen.parts] == [
+        ("image", "image0.png", "image/png", PNG),
+        ("image", "image1.jpg", "image/jpeg", JPEG),
+        ("image", "digit.webp", "image/webp", WEBP),
+    ]
+    assert seen.fields == {"top_k": "2", "flag": "true"}
+    assert seen.query == {}
+
+
+def test_json_form_sends_base64_instances_and_parameters_when_predict_json(api: FakeApi, connect: Connect) -> None:
+    """predict_json sends KServe v1's instances and parameters."""
+    model = api.script("json")
+    result = connect().predict_json(model, [PNG, JPEG], {"top_k": 1})
+    assert len(result["predictions"]) == 2
+    (seen,) = api.seen[model]
+    assert seen.content_type == "application/json"
+    body = json_body(seen)
+    assert [base64.b64decode(i["b64"]) for i in body["instances"]] == [PNG, JPEG]
+    assert body["parameters"] == {"top_k": 1}
+
+
+def test_catalogue_routes_return_entries_and_rate_limits_when_allowed(api: FakeApi, connect: Connect) -> None:
+    """models() and model() return the catalogue; the X-RateLimit-* headers are exposed."""
+    client = connect()
+    assert client.models() == [{"name": "digits_cnn"}]
+    assert client.last_rate_limit == {"limit": "10", "remaining": "9", "reset": "1"}
+    assert client.model("digits_cnn")["task"] == "classification"
+    with pytest.raises(ApiError) as caught:
+        client.model("nope")
+    assert (caught.value.status, caught.value.code) == (404, "model_not_found")
+    assert "nope" in caught.value.message
+
+
+def test_healthy_is_true_when_served_and_false_without_retrying_when_nothing_listens(
+    connect: Connect, sleeps: Sleeps
+) -> None:
+    """healthy() tries once: a dead address is simply unhealthy."""
+    assert connect().healthy()
+    assert not connect(f"http://127.0.0.1:{dead_port()}").healthy()
+    assert sleeps.delays == []
+
+
+# ---- retries -----------------------------------------------------------------------------
+
+
+def test_retry_after_is_honoured_and_the_body_resent_when_overloaded(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """Two 503s with Retry-After: 1 cost two sleeps of exactly 1 s and the same body three times."""
+    busy = Reply(503, {"Retry-After": "1"}, "overloaded")
+    model = api.script("busy", busy, busy)
+    result = connect().predict(model, [PNG, JPEG], top_k=1)
+    assert len(result["predictions"]) == 2
+    assert sleeps.delays == [1.0, 1.0]
+    bodies = [seen.body for seen in api.seen[model]]
+    assert len(bodies) == 3
+    assert bodies[0] == bodies[1] == bodies[2]
+
+
+def test_rate_limit_is_reported_then_retried_after_its_delay_when_429(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """429 carries Retry-After and X-RateLimit-*: surfaced in ApiError without retries, honoured with them."""
+    limited = Reply(
+        429,
+        {"Retry-After": "2", "X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2"},
+        "rate_limited",
+    )
+    once = connect(max_attempts=1)
+    model = api.script("limited", limited)
+    with pytest.raises(ApiError) as caught:
+        once.predict(model, [PNG])
+    error = caught.value
+    assert (error.status, error.code, error.retry_after) == (429, "rate_limited", 2.0)
+    assert error.headers["x-ratelimit-remaining"] == "0"
+    assert once.last_rate_limit == {"limit": "10", "remaining": "0", "reset": "2"}
+    assert sleeps.delays == []
+
+    client = connect()
+    model = api.script("limited", limited)
+    client.predict(model, [PNG])
+    assert sleeps.delays == [2.0]
+    assert api.hits(model) == 2
+    assert client.last_rate_limit["remaining"] == "9"
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [("600", 5.0, 5.0), (4.0, 2.0, 4.0), (-60.0, 0.0, 0.0)],
+)
+def test_retry_after_is_capped_and_dates_are_read_when_given(
+    api: FakeApi, connect: Connect, sleeps: Sleeps, retry_after: str | float, low: float, high: float
+) -> None:
+    """Retry-After in seconds is capped at max_retry_after; an HTTP date becomes the seconds until then."""
+    if isinstance(retry_after, float):
+        # A float stands for a date that many seconds from now, built here rather than at collection.
+        retry_after = formatdate(time.time() + retry_after, usegmt=True)
+    model = api.script("later", Reply(503, {"Retry-After": retry_after}))
+    connect(max_retry_after=5.0).predict(model, [PNG])
+    (delay,) = sleeps.delays
+    assert low <= delay <= high
+
+
+def test_backoff_is_used_when_a_retryable_status_has_no_retry_after(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """Without Retry-After, the waits follow the backoff (drawn here at its ceiling)."""
+    model = api.script("bare", Reply(503), Reply(503), Reply(503))
+    connect(rng=Ceiling()).predict(model, [PNG])
+    assert sleeps.delays == pytest.approx([0.2, 0.4, 0.8])
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 408, 413, 415, 422, 500])
+def test_error_goes_straight_to_the_caller_when_its_status_is_not_retryable(
+    api: FakeApi, connect: Connect, sleeps: Sleeps, status: int
+) -> None:
+    """Only 429 and 503 are retried: every other error is raised after one request."""
+    model = api.script("broken", Reply(status, {"Retry-After": "1"}, "scripted_code"))
+    with pytest.raises(ApiError) as caught:
+        connect().predict(model, [PNG])
+    assert (caught.value.status, caught.value.code, caught.value.message) == (
+        status,
+        "scripted_code",
+        f"scripted {status}",
+    )
+    assert api.hits(model) == 1
+    assert sleeps.delays == []
+
+
+def test_wrong_key_is_refused_once_and_never_shown_when_unauthorized(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """401 is not retried, and the key sent appears in no message, repr or header of the error."""
+    secret = "vmk_wrong-but-still-secret-42"
+    model = api.script("auth")
+    client = connect(api_key=secret)
+    with pytest.raises(ApiError) as caught:
+        client.predict(model, [PNG])
+    error = caught.value
+    assert (error.status, error.code) == (401, "unauthorized")
+    assert api.seen[model][0].authorization == f"Bearer {secret}"
+    assert api.hits(model) == 1
+    assert sleeps.delays == []
+    shown = [str(error), repr(error), repr(client), *error.headers.values(), *map(str, error.args)]
+    assert not any(secret in text for text in shown)
+
+
+def test_key_never_appears_in_reprs_when_given() -> None:
+    """Both clients show only that a key is set."""
+    sync = VisionClient("http://127.0.0.1:9", api_key=KEY)
+    sync.close()
+
+    async def async_repr() -> str:
+        async with AsyncVisionClient("http://127.0.0.1:9", api_key=KEY) as client:
+            return repr(client)
+
+    for text in (repr(sync), asyncio.run(async_repr())):
+        assert KEY not in text
+        assert "api_key=***" in text
+
+
+def test_deadline_stops_retrying_when_the_next_wait_would_pass_it(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """With timeout_total 2.5 s and Retry-After 1 s, the third 503 is final: no sleep past the deadline."""
+    busy = Reply(503, {"Retry-After": "1"}, "overloaded")
+    model = api.script("deadline", *[busy] * 10)
+    with pytest.raises(ApiError) as caught:
+        connect(timeout_total=2.5, max_attempts=10).predict(model, [PNG])
+    assert caught.value.status == 503
+    assert api.hits(model) == 3
+    assert sleeps.delays == [1.0, 1.0]
+
+
+def test_connection_failures_are_retried_with_growing_capped_backoff_when_nothing_listens(
+    connect: Connect, sleeps: Sleeps
+) -> None:
+    """A refused connection is retried max_attempts times, each wait doubling up to the cap."""
+    client = connect(
+        f"http://127.0.0.1:{dead_port()}", max_attempts=5, backoff_base=0.1, backoff_cap=0.3, rng=Ceiling()
+    )
+    with pytest.raises(httpx.ConnectError):
+        client.predict("digits_cnn", [PNG])
+    assert sleeps.delays == pytest.approx([0.1, 0.2, 0.3, 0.3])
+
+
+def test_hang_up_before_the_response_is_retried_when_the_server_drops_the_connection(
+    connect: Connect, sleeps: Sleeps
+) -> None:
+    """A connection closed before any response (RemoteProtocolError) is retried on a new one."""
+    server = HangUp(drops=2)
+    try:
+        assert connect(server.url).models() == [{"name": "digits_cnn"}]
+    finally:
+        server.close()
+    assert server.connections == 3
+    assert len(sleeps.delays) == 2
+
+
+# ---- Open Inference Protocol v2 ----------------------------------------------------------
+
+
+def test_v2_binary_round_trip_decodes_output_tensors_when_inferring(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """BYTES input and FP32 outputs in the binary extension, read by the server's own codec, after one 503."""
+    model = api.script("v2", Reply(503, {"Retry-After": "0"}))
+    images = [PNG, JPEG + b"x" * 300, WEBP]
+    outputs = connect().infer(model, images)
+    assert set(outputs) == {"sizes", "heads"}
+    assert outputs["sizes"].dtype == np.float32
+    np.testing.assert_array_equal(outputs["sizes"], np.array([len(i) for i in images], dtype=np.float32))
+    np.testing.assert_array_equal(outputs["heads"], np.array([[i[0], i[1]] for i in images], dtype=np.float32))
+    assert sleeps.delays == [0.0]
+    seen = api.seen[model][-1]
+    assert seen.content_type == "application/octet-stream"
+    assert len(api.seen[model]) == 2
+
+
+def test_v2_error_is_parsed_when_the_body_is_a_bare_message(api: FakeApi, connect: Connect) -> None:
+    """v2 errors are {"error": "message"}: the code comes from the status."""
+    with pytest.raises(ApiError) as caught:
+        connect().infer("missing", [PNG])
+    assert (caught.value.status, caught.value.code) == (404, "not_found")
+    assert caught.value.message == "model 'missing' is not served"
+
+
+# ---- pieces without a server --------------------------------------------------------------
+
+
+def test_full_jitter_stays_under_the_capped_ceiling_when_seeded() -> None:
+    """Backoff n is uniform in [0, min(cap, base * 2**(n-1))], and reproducible from the seed."""
+    policy = RetryPolicy(rng=random.Random(7))
+    same = random.Random(7)
+    for failures in range(1, 12):
+        ceiling = min(10.0, 0.2 * 2 ** (failures - 1))
+        delay = policy.backoff(failures)
+        assert 0.0 <= delay <= ceiling
+        assert delay == same.uniform(0.0, ceiling)
+
+
+def test_retry_after_is_read_as_seconds_or_date_when_valid() -> None:
+    """Seconds, past and future HTTP dates; garbage and absence give None."""
+    now = 1_700_000_000.0
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == 30.0
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after(None) is None
+
+
+def test_content_type_is_sniffed_from_magic_bytes_when_sending_raw() -> None:
+    """JPEG, PNG and WebP by content; anything else is application/octet-stream."""
+    assert [sniff_content_type(b) for b in (JPEG, PNG, WEBP, b"RIFF0000WAVE", b"")] == [
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "application/octet-stream",
+        "application/octet-stream",
+    ]
+
+
+@pytest.mark.parametrize("options", [{"max_attempts": 0}, {"backoff_base": -1.0}, {"timeout_total": 0.0}])
+def test_policy_is_refused_when_its_values_are_invalid(options: dict[str, Any]) -> None:
+    """No attempts, negative waits or a non-positive deadline are configuration errors."""
+    with pytest.raises(ValueError):  # noqa: PT011 - any message will do
+        RetryPolicy(**options)
+
+
+def test_no_images_is_refused_before_sending_when_the_list_is_empty() -> None:
+    """An empty list never reaches the server."""
+    with VisionClient("http://127.0.0.1:9") as client, pytest.raises(ValueError, match="no images"):
+        client.predict("digits_cnn", [])
