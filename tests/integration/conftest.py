@@ -48,7 +48,12 @@ class ServeCluster:
             status = serve.status().applications
             states = {n: status[n].status if n in status else "MISSING" for n in apps}
             if any(s == "DEPLOY_FAILED" for s in states.values()):
-                raise RuntimeError(f"deploy failed: { {n: status[n].message for n in apps if n in status} }")
+                messages = {
+                    n: [status[n].message] + [d.message for d in status[n].deployments.values() if d.message]
+                    for n in apps
+                    if n in status
+                }
+                raise RuntimeError(f"deploy failed: {messages}")
             if all(s == "RUNNING" for s in states.values()) and set(status) == set(apps):
                 return
             time.sleep(0.5)
