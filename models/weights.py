@@ -68,9 +68,8 @@ def _read_weights_only(source: Path | bytes, name: str) -> StateDict:
         with warnings.catch_warnings():
             # torch notes foreign pickle protocols; the weights-only unpickler still decides.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            state = torch.load(
-                io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
-            )
+            stream = io.BytesIO(source) if isinstance(source, bytes) else source
+            state = torch.load(stream, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
         raise WeightsIntegrityError(
             f"weight file {name} is refused: it is not a plain tensor state dict "
