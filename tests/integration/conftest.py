@@ -35,7 +35,10 @@ class ServeCluster:
 
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self._client = serve_api.serve_start(http_options={"host": "127.0.0.1", "port": port})
+        # As the shipped config: keep-alive longer than any client idles between requests.
+        self._client = serve_api.serve_start(
+            http_options={"host": "127.0.0.1", "port": port, "keep_alive_timeout_s": 75}
+        )
         self.apps: dict[str, dict[str, Any]] = {}
 
     def deploy(self, apps: dict[str, dict[str, Any]], timeout_s: float = 240.0) -> None:

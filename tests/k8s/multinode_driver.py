@@ -25,7 +25,7 @@ def main(address: str, config_path: str, port: int) -> int:
     ray.init(address=address, log_to_driver=False)
     config = yaml.safe_load(Path(config_path).read_text())
     # Deliberate overrides: both "nodes" share 127.0.0.1, so one proxy (on the head) on a free port.
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
     config["proxy_location"] = "HeadOnly"
     schema = ServeDeploySchema.model_validate(config)
     client = serve_api.serve_start(http_options=config["http_options"], proxy_location=schema.proxy_location)

@@ -81,7 +81,7 @@ def test_default_chart_serves_what_the_default_serve_config_serves() -> None:
         # Deliberate override: a cluster autoscales where the laptop runs fixed replicas.
         assert "autoscaling_config" in deployment
     # Deliberate override: listen on every interface inside the pod.
-    assert cluster["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    assert cluster["http_options"] == {"host": "0.0.0.0", "port": 8000, "keep_alive_timeout_s": 75}
 
 
 def test_only_the_serve_port_is_open_beyond_the_release(rendered: list[dict[str, Any]]) -> None:
