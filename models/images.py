@@ -251,10 +251,3 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert(mode)
-
-
-def encode_png(img: Image.Image) -> bytes:
-    """Encode an image as PNG bytes."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()

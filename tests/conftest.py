@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torchvision
 from PIL import Image
+from safetensors.torch import save_file
 
+from models import manifest
 from models.training.data import digits_split, render_digit
 
 
@@ -16,6 +20,20 @@ def encode(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
+
+
+def signed_weights(tmp_path: Path) -> tuple[Path, Path]:
+    """squeezenet1_1 weights alone in a directory signed by a fresh key: (weights file, public key file)."""
+    directory = tmp_path / "weights"
+    directory.mkdir()
+    path = directory / "squeezenet.safetensors"
+    save_file(torchvision.models.squeezenet1_1().state_dict(), str(path))
+    private, public = manifest.generate_keypair()
+    manifest.write_manifest(directory)
+    manifest.sign_manifest(directory, private)
+    key_file = tmp_path / "signing.pub"
+    key_file.write_bytes(public)
+    return path, key_file
 
 
 @pytest.fixture(scope="session")

@@ -7,25 +7,15 @@ from typing import Any
 
 import httpx
 import pytest
-import torchvision
-from safetensors.torch import save_file
 
-from models import manifest
 from models.weights import sha256_file
+from tests.conftest import signed_weights
 from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
 
 
 def signed_app(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     """An app serving squeezenet1_1 from a signed weights directory, signatures required."""
-    directory = tmp_path / "weights"
-    directory.mkdir()
-    path = directory / "squeezenet.safetensors"
-    save_file(torchvision.models.squeezenet1_1().state_dict(), str(path))
-    private, public = manifest.generate_keypair()
-    manifest.write_manifest(directory)
-    manifest.sign_manifest(directory, private)
-    key_file = tmp_path / "signing.pub"
-    key_file.write_bytes(public)
+    path, key_file = signed_weights(tmp_path)
     app = default_app_config()
     app["route_prefix"] = "/signed"
     app["args"]["models"] = [{"name": "squeezenet1_1", "weights": str(path), "sha256": sha256_file(path)}]
@@ -34,7 +24,7 @@ def signed_app(tmp_path: Path) -> tuple[dict[str, Any], Path]:
         {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.1}},
         {"name": "squeezenet1_1", "ray_actor_options": {"num_cpus": 0.25}},
     ]
-    return app, directory
+    return app, path.parent
 
 
 def test_replica_refuses_to_start_naming_the_file_added_to_signed_weights(

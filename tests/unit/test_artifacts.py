@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torchvision
-from safetensors.torch import save_file
 
 from deployments.args import ArtifactsArgs, ModelArgs
 from deployments.artifacts import RELEASE_KEY, public_keys, verify_weights, weights_directory
 from models import manifest
 from models.registry import get_spec
 from models.weights import BUNDLED_DIR, WeightsIntegrityError, sha256_file
+from tests.conftest import signed_weights
 
 REQUIRED = ArtifactsArgs(require_signatures=True, public_keys_file="bundled")
 
@@ -40,15 +39,7 @@ def test_keys_are_read_from_the_environment_too(monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def signed_file_weights(tmp_path: Path) -> tuple[Path, ArtifactsArgs, ModelArgs]:
     """squeezenet1_1 weights in their own directory, signed by a fresh key."""
-    directory = tmp_path / "weights"
-    directory.mkdir()
-    path = directory / "squeezenet.safetensors"
-    save_file(torchvision.models.squeezenet1_1().state_dict(), str(path))
-    private, public = manifest.generate_keypair()
-    manifest.write_manifest(directory)
-    manifest.sign_manifest(directory, private)
-    key_file = tmp_path / "signing.pub"
-    key_file.write_bytes(public)
+    path, key_file = signed_weights(tmp_path)
     artifacts = ArtifactsArgs(require_signatures=True, public_keys_file=str(key_file))
     model = ModelArgs(name="squeezenet1_1", weights=str(path), sha256=sha256_file(path))
     return path, artifacts, model
