@@ -81,7 +81,21 @@ def stack_and_forward(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -
 
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
+ClipPreprocess = Callable[[Sequence[Image.Image]], torch.Tensor]
+"""Video: the decoded frames of one clip, in order -> one input tensor (T, C, H, W)."""
+Sample = Callable[[int, int, Mapping[str, Any]], list[torch.Tensor]]
+"""Generation: (num_images, seed, parameters) -> one input tensor per image; same seed, same tensors."""
+Affine = tuple[float, float, float, float, float, float]
+"""(a, b, c, d, e, f): model-input pixel (u, v) -> original pixel (a*u + b*v + c, d*u + e*v + f)."""
+InputGeometry = Callable[[Image.Image], Affine]
+"""Where the model input lies in the original image (resize, crop, digit crop); for explanation maps."""
 Postprocess = Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+"""(per-item forward outputs, per-item parameters) -> one JSON-able result per item.
+
+The serving layer adds `image_size` ([width, height] of the decoded original image, or of the
+first frame of a clip) to each item's parameters of image and video inputs, so results can be
+mapped back to original pixels.
+"""
 TensorOutputs = Callable[[Sequence[Any]], dict[str, np.ndarray]]
 BatchForward = Callable[[torch.nn.Module, Sequence[torch.Tensor]], list[Any]]
 
@@ -104,6 +118,11 @@ class ModelSpec:
     family: str = ""
     description: str = ""
     forward: BatchForward = field(default=stack_and_forward)
+    preprocess_clip: ClipPreprocess | None = None
+    clip_length: int = 0
+    sample: Sample | None = None
+    latent_shape: tuple[int, ...] = ()
+    input_geometry: InputGeometry | None = None
 
     @property
     def channels(self) -> int:
@@ -111,9 +130,18 @@ class ModelSpec:
         return len(Image.new(self.image_mode, (1, 1)).getbands())
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one preprocessed image."""
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one model input: (C, H, W) image, (T, C, H, W) clip, or the latent's shape."""
+        if self.task == Task.GENERATION:
+            return self.latent_shape
+        if self.task == Task.VIDEO_CLASSIFICATION:
+            return (self.clip_length, self.channels, *self.input_size)
         return (self.channels, *self.input_size)
+
+    @property
+    def explainable(self) -> bool:
+        """Whether `:explain` applies (classifiers of single images)."""
+        return self.task == Task.CLASSIFICATION
 
 
 SpecFactory = Callable[[str, "str | None", "str | None"], ModelSpec]
