@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torchvision.models import WeightsEnum
 from torchvision.transforms.v2 import functional as tvf
 
 from models import weights as wsrc
-from models.registry import ModelSpec, Task, TensorSpec, WeightsInfo, register
+from models.registry import Affine, InputGeometry, ModelSpec, Task, TensorSpec, WeightsInfo, register
 
 DEFAULT_TOP_K = 5
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -75,36 +76,65 @@ def resolve_torchvision_weights(key: str, weights: str, *, other_choices: Sequen
         raise wsrc.WeightsError(f"{key}: unknown weights {weights!r}; choose one of {names}") from None
 
 
-def _build_architecture(key: str) -> torch.nn.Module:
+@dataclass(frozen=True)
+class WeightsChoice:
+    """A torchvision model's resolved weights choice: its metadata, its label, where its state comes from."""
+
+    meta: WeightsEnum  # categories and preprocessing (the DEFAULT weights' for random weights and files)
+    info: WeightsInfo
+    builder: WeightsEnum | None = None  # torchvision weights, read weights-only at build time
+    load: Callable[[], wsrc.StateDict] | None = None  # a local file, checked against its pin
+
+    def state(self) -> wsrc.StateDict | None:
+        """The state dict to load into the architecture; None for random weights."""
+        if self.builder is not None:
+            return wsrc.fetch_torchvision(self.builder)
+        return self.load() if self.load is not None else None
+
+
+def resolve_weights_choice(key: str, name: str, weights: str | None, sha256: str | None) -> WeightsChoice:
+    """Resolve `weights` of torchvision model `key`: a weights name (default DEFAULT), `random`, or a pinned file."""
+    choice = weights or "DEFAULT"
+    if choice == "random":
+        return WeightsChoice(_weights_enum(key).DEFAULT, WeightsInfo("random", "random"))
+    if choice.endswith(_FILE_SUFFIXES) or "/" in choice:
+        if not sha256:
+            raise wsrc.WeightsError(f"{name}: weights file {Path(choice).name} needs a sha256 pin")
+        path = Path(choice)
+        return WeightsChoice(
+            _weights_enum(key).DEFAULT,
+            WeightsInfo("file", path.name, sha256.lower()),
+            load=functools.partial(wsrc.load_state_dict_file, path, sha256),
+        )
+    meta = resolve_torchvision_weights(key, choice, other_choices=("random", "a file path"))
+    return WeightsChoice(meta, WeightsInfo("torchvision", str(meta)), builder=meta)
+
+
+BuilderKwargs = Callable[[str, WeightsChoice, wsrc.StateDict | None], dict[str, Any]]
+"""(model key, weights choice, state dict to load or None) -> keyword arguments of torchvision's builder."""
+
+
+def build_torchvision(key: str, choice: WeightsChoice, builder_kwargs: BuilderKwargs | None = None) -> torch.nn.Module:
+    """Build torchvision model `key` in eval mode with the weights of `choice` loaded strictly."""
+    # torchvision's builders would torch.load the file with weights_only=False; we read it
+    # weights-only ourselves and pass the builder the arguments it sets for these weights.
+    state = choice.state()
+    kwargs = (builder_kwargs or _classifier_kwargs)(key, choice, state)
     with warnings.catch_warnings():
         # Some builders (googlenet, inception_v3) warn about init defaults when weights=None.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        model: torch.nn.Module = torchvision.models.get_model(key, weights=None)
-        return model
-
-
-def _build(key: str, load: Callable[[], wsrc.StateDict] | None, builder_weights: WeightsEnum | None) -> torch.nn.Module:
-    if builder_weights is not None:
-        # torchvision's builders would torch.load the file with weights_only=False; we read it
-        # weights-only ourselves and pass the builder the arguments it sets for these weights.
-        state = wsrc.fetch_torchvision(builder_weights)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            model: torch.nn.Module = torchvision.models.get_model(
-                key, weights=None, **_builder_kwargs(key, builder_weights)
-            )
+        model: torch.nn.Module = torchvision.models.get_model(key, weights=None, **kwargs)
+    if state is not None:
         _load_strict(model, state, key)
-    else:
-        model = _build_architecture(key)
-        if load is not None:
-            _load_strict(model, load(), key)
     return model.eval()
 
 
-def _builder_kwargs(key: str, weights: WeightsEnum) -> dict[str, Any]:
-    """The keyword arguments torchvision's builder sets when given `weights` (see its source)."""
+def _classifier_kwargs(key: str, choice: WeightsChoice, state: wsrc.StateDict | None) -> dict[str, Any]:
+    """The keyword arguments torchvision's builder sets when given these weights (see its source)."""
+    weights = choice.builder
+    if weights is None:
+        return {}
     kwargs: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
     if key in ("googlenet", "inception_v3"):
         # Their pretrained weights expect the ImageNet re-normalisation inside the model
@@ -133,44 +163,56 @@ def make_preprocess(transform: Callable[[torch.Tensor], torch.Tensor]) -> Callab
     return preprocess
 
 
+def _crop_start(length: int, crop: int) -> int:
+    # torchvision's center_crop: round half to even, and zero padding first when the crop is larger.
+    return round((length - crop) / 2.0) if crop <= length else -((crop - length) // 2)
+
+
+def resize_crop_affine(size: tuple[int, int], resize_size: int, crop_size: int) -> Affine:
+    """Input pixel -> original pixel for torchvision's resize (shorter side to `resize_size`) then center crop."""
+    width, height = size
+    # The resized size as torchvision computes it (transforms.functional._compute_resized_output_size).
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    # Resizing maps pixel edges to pixel edges (align_corners=False), so each axis scales by old/new.
+    sx, sy = width / new_w, height / new_h
+    left, top = _crop_start(new_w, crop_size), _crop_start(new_h, crop_size)
+    return (sx, 0.0, left * sx, 0.0, sy, top * sy)
+
+
+def resize_crop_geometry(transform: Any) -> InputGeometry:
+    """The input geometry of a torchvision weights' transform (its `resize_size` and `crop_size`)."""
+    resize_size, crop_size = int(transform.resize_size[0]), int(transform.crop_size[0])
+
+    def geometry(img: Image.Image) -> Affine:
+        return resize_crop_affine(img.size, resize_size, crop_size)
+
+    return geometry
+
+
 def torchvision_classifier(key: str) -> Callable[[str, str | None, str | None], ModelSpec]:
     """Spec factory for the torchvision classifier `key`."""
 
     def factory(name: str, weights: str | None, sha256: str | None) -> ModelSpec:
-        choice = weights or "DEFAULT"
-        load: Callable[[], wsrc.StateDict] | None = None
-        builder_weights: WeightsEnum | None = None
-        if choice == "random":
-            meta_weights = _weights_enum(key).DEFAULT
-            info = WeightsInfo("random", "random")
-        elif choice.endswith(_FILE_SUFFIXES) or "/" in choice:
-            if not sha256:
-                raise wsrc.WeightsError(f"{name}: weights file {Path(choice).name} needs a sha256 pin")
-            meta_weights = _weights_enum(key).DEFAULT
-            path = Path(choice)
-            info = WeightsInfo("file", path.name, sha256.lower())
-            load = functools.partial(wsrc.load_state_dict_file, path, sha256)
-        else:
-            meta_weights = builder_weights = resolve_torchvision_weights(
-                key, choice, other_choices=("random", "a file path")
-            )
-            info = WeightsInfo("torchvision", str(meta_weights))
-        categories = tuple(meta_weights.meta["categories"])
-        transform = meta_weights.transforms()
+        choice = resolve_weights_choice(key, name, weights, sha256)
+        categories = tuple(choice.meta.meta["categories"])
+        transform = choice.meta.transforms()
         crop = transform.crop_size[0]
         return ModelSpec(
             name=name,
             task=Task.CLASSIFICATION,
-            build=functools.partial(_build, key, load, builder_weights),
+            build=functools.partial(build_torchvision, key, choice),
             preprocess=make_preprocess(transform),
             postprocess=classification_postprocess(categories),
             tensor_outputs=classification_tensors,
             outputs=classification_outputs(len(categories)),
             categories=categories,
             input_size=(crop, crop),
-            weights=info,
+            weights=choice.info,
             family="torchvision.classification",
-            description=f"torchvision {key} ({meta_weights})",
+            description=f"torchvision {key} ({choice.meta})",
+            input_geometry=resize_crop_geometry(transform),
         )
 
     return factory

@@ -17,7 +17,15 @@ from PIL import Image
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # Modules whose import registers the built-in families (kept lazy: no work at import time).
-_BUILTIN_FAMILIES: tuple[str, ...] = ("models.classifiers", "models.digits")
+_BUILTIN_FAMILIES: tuple[str, ...] = (
+    "models.classifiers",
+    "models.digits",
+    "models.detectors",
+    "models.segmenters",
+    "models.dcgan",
+    "models.denoisers",
+    "models.video",
+)
 
 
 class Task(enum.StrEnum):
@@ -86,7 +94,10 @@ ClipPreprocess = Callable[[Sequence[Image.Image]], torch.Tensor]
 Sample = Callable[[int, int, Mapping[str, Any]], list[torch.Tensor]]
 """Generation: (num_images, seed, parameters) -> one input tensor per image; same seed, same tensors."""
 Affine = tuple[float, float, float, float, float, float]
-"""(a, b, c, d, e, f): model-input pixel (u, v) -> original pixel (a*u + b*v + c, d*u + e*v + f)."""
+"""(a, b, c, d, e, f): model-input point (u, v) -> original point (a*u + b*v + c, d*u + e*v + f).
+
+Continuous pixel coordinates, as Pillow uses: pixel i covers [i, i + 1).
+"""
 InputGeometry = Callable[[Image.Image], Affine]
 """Where the model input lies in the original image (resize, crop, digit crop); for explanation maps."""
 Postprocess = Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
@@ -123,6 +134,8 @@ class ModelSpec:
     sample: Sample | None = None
     latent_shape: tuple[int, ...] = ()
     input_geometry: InputGeometry | None = None
+    explain_layer: str | None = None
+    """Submodule whose output Grad-CAM explains; None: the last spatial feature map."""
 
     @property
     def channels(self) -> int:

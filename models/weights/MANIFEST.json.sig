@@ -1,1 +1,1 @@
-fdciveojXeoxVdN8gR2NZle/brZMsoiygpeYNbRVKmMrsvAHJttwtrLJy3C+2kA/hPiMvcm9e3PjNWl+W/QmDg==
+TcnX1KwFjy0P4mnIdUCL0nBIozxmGtmsRqb3+jC4sb/xAzlvPF1uVFbhQXAqGVqPQNddAMNBrMkhkRKQvQhXDQ==

@@ -27,11 +27,41 @@ def _photo(size: tuple[int, int] = (320, 240)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def test_registry_lists_every_torchvision_classifier_and_the_bundled_models() -> None:
+def test_registry_lists_every_torchvision_model_and_the_bundled_models() -> None:
     names = set(list_models())
-    assert set(torchvision.models.list_models(module=torchvision.models)) <= names
-    assert "digits_cnn" in names
-    assert list_models(Task.CLASSIFICATION) == sorted(names)
+    for module in (
+        torchvision.models,
+        torchvision.models.detection,
+        torchvision.models.segmentation,
+        torchvision.models.video,
+    ):
+        assert set(torchvision.models.list_models(module=module)) <= names
+    bundled = {
+        "digits_cnn",
+        "digits_detector",
+        "digits_segmenter",
+        "digits_dcgan",
+        "digits_denoiser",
+        "moving_digits_lstm",
+    }
+    assert bundled <= names
+    assert set(torchvision.models.list_models(module=torchvision.models)) <= set(list_models(Task.CLASSIFICATION))
+    assert {get_entry(n).task for n in names} == set(Task) - {Task.EXPLANATION}
+
+
+BUNDLED = [n for n in list_models() if get_entry(n).family.startswith("bundled.")]
+
+
+def _inputs(spec: ModelSpec, count: int = 2) -> list[torch.Tensor]:
+    """Model inputs as the serving layer makes them, for any task."""
+    if spec.task == Task.GENERATION:
+        assert spec.sample is not None
+        return spec.sample(count, 7, {})
+    sizes = [(320, 240), (200, 300)][:count]
+    if spec.task == Task.VIDEO_CLASSIFICATION:
+        assert spec.preprocess_clip is not None
+        return [spec.preprocess_clip([_photo(size).convert(spec.image_mode)] * 5) for size in sizes]
+    return [spec.preprocess(_photo(size).convert(spec.image_mode)) for size in sizes]
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -39,30 +69,48 @@ def test_every_spec_has_metadata_and_preprocesses_to_its_input_shape(name: str) 
     spec = get_spec(name, weights="random")
     assert isinstance(spec, ModelSpec)
     assert spec.name == name
-    assert spec.categories
-    assert len(spec.categories) == spec.outputs[0].shape[-1]
     assert spec.weights.source == "random"
     assert spec.description
-    x = spec.preprocess(_photo().convert(spec.image_mode))
-    assert tuple(x.shape) == spec.input_shape
+    assert spec.outputs
+    if spec.task in (Task.CLASSIFICATION, Task.VIDEO_CLASSIFICATION):
+        assert len(spec.categories) == spec.outputs[0].shape[-1]
+    x = _inputs(spec, 1)[0]
     assert x.dtype == torch.float32
+    if spec.family == "torchvision.detection":
+        # Detectors take any image size (they resize inside); channels are fixed.
+        assert x.shape[0] == spec.channels
+    else:
+        assert tuple(x.shape) == spec.input_shape
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if _num_params(n) <= FORWARD_PARAM_LIMIT])
+def _image_size(spec: ModelSpec, index: int) -> list[int]:
+    return [[320, 240], [200, 300]][index] if spec.task != Task.GENERATION else [0, 0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in list_models(Task.CLASSIFICATION) if _num_params(n) <= FORWARD_PARAM_LIMIT] + BUNDLED,
+)
 def test_every_spec_returns_one_result_per_input(name: str) -> None:
     spec = get_spec(name, weights="random")
     module = spec.build()
     assert not module.training
-    images = [_photo((320, 240)).convert(spec.image_mode), _photo((200, 300)).convert(spec.image_mode)]
     with torch.inference_mode():
-        outputs = spec.forward(module, [spec.preprocess(img) for img in images])
+        outputs = spec.forward(module, _inputs(spec))
     assert len(outputs) == 2
-    results = spec.postprocess(outputs, [{"top_k": 3}, {"top_k": 1}])
-    assert [len(r["labels"]) for r in results] == [3, 1]
+    params = [{"top_k": 3, "image_size": _image_size(spec, 0)}, {"top_k": 1, "image_size": _image_size(spec, 1)}]
+    if spec.task not in (Task.CLASSIFICATION, Task.VIDEO_CLASSIFICATION):
+        params = [{"image_size": p["image_size"]} for p in params]
+    results = spec.postprocess(outputs, params)
+    assert len(results) == 2
+    if spec.task in (Task.CLASSIFICATION, Task.VIDEO_CLASSIFICATION):
+        assert [len(r["labels"]) for r in results] == [3, 1]
     tensors = spec.tensor_outputs(outputs)
     assert {o.name for o in spec.outputs} == set(tensors)
     for out in spec.outputs:
-        assert tensors[out.name].shape == (2, *out.shape[1:])
+        got = tensors[out.name].shape
+        assert got[0] == 2
+        assert all(want in (-1, dim) for want, dim in zip(out.shape[1:], got[1:], strict=True)), (out, got)
 
 
 def test_register_refuses_a_duplicate_name() -> None:

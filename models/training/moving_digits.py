@@ -1,0 +1,92 @@
+"""Moving-digit clips: a scikit-learn digit drifting across a small canvas in one of 8 directions.
+
+The data of the bundled video classifier. Train clips use only the training split of the digits,
+held-out clips only the held-out split (`data.digits_split`), each from its own seed, so a
+held-out clip never shows a digit the model trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from models import video
+from models.training.data import digits_split
+
+# The model's own geometry and labels, so data and model cannot drift apart.
+DIRECTIONS = video.DIRECTIONS
+CLIP_LENGTH = video.CLIP_LENGTH
+CANVAS = video.INPUT_SIZE
+MIN_GLYPH, MAX_GLYPH = 16, 24
+MIN_SPEED, MAX_SPEED = 1.0, 3.0  # pixels per frame along the direction of travel
+# The digit's centre stays this far inside the canvas, so at least half of it is always in view.
+MARGIN = 1.0
+TRAIN_SEED, TEST_SEED = 21, 22
+
+
+def direction_vector(direction: int) -> tuple[float, float]:
+    """Unit (dx, dy) of `DIRECTIONS[direction]` in image coordinates (y down: north moves up)."""
+    angle = math.radians(45 * direction)
+    return math.sin(angle), -math.cos(angle)
+
+
+def _glyph(image8: np.ndarray, size: int) -> Image.Image:
+    pil = Image.fromarray((np.clip(image8, 0, 1) * 255).astype(np.uint8), "L")
+    return pil.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def make_clip(
+    image8: np.ndarray, direction: int, rng: np.random.Generator, *, canvas: int = CANVAS, length: int = CLIP_LENGTH
+) -> np.ndarray:
+    """One clip (length, canvas, canvas) uint8: the digit moving at a random speed from a random start.
+
+    Subpixel motion (bilinear resampling), a random paper and ink level in either polarity, and
+    light Gaussian noise, so the model has to follow the digit rather than a pixel pattern.
+    """
+    size = int(rng.integers(MIN_GLYPH, MAX_GLYPH + 1))
+    speed = float(rng.uniform(MIN_SPEED, MAX_SPEED))
+    ux, uy = direction_vector(direction)
+    step = (ux * speed, uy * speed)
+    travel = [s * (length - 1) for s in step]
+    lo, hi = MARGIN, canvas - MARGIN
+    # Any start whose whole path keeps the centre inside [lo, hi] on both axes.
+    start = [float(rng.uniform(lo - min(0.0, t), hi - max(0.0, t))) for t in travel]
+    glyph = _glyph(image8, size)
+    paper, ink = float(rng.uniform(0.0, 0.3)), float(rng.uniform(0.7, 1.0))
+    if rng.random() < 0.5:
+        paper, ink = 1.0 - paper, 1.0 - ink
+    noise = float(rng.uniform(0.0, 0.05))
+    frames = np.empty((length, canvas, canvas), dtype=np.uint8)
+    for t in range(length):
+        cx, cy = start[0] + t * step[0], start[1] + t * step[1]
+        # AFFINE maps output pixels back to glyph pixels: a pure (subpixel) translation.
+        offset = (1.0, 0.0, size / 2 - cx, 0.0, 1.0, size / 2 - cy)
+        placed = glyph.transform((canvas, canvas), Image.Transform.AFFINE, offset, Image.Resampling.BILINEAR)
+        coverage = np.asarray(placed, dtype=np.float32) / 255.0
+        frame = paper + (ink - paper) * coverage + rng.normal(0.0, noise, coverage.shape)
+        frames[t] = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return frames
+
+
+def make_clips(
+    split: Literal["train", "test"], count: int, seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` clips (N, T, H, W) uint8 balanced over directions, their directions and their digits.
+
+    `split` picks the digits (training or held-out split); the seed defaults to the split's own.
+    """
+    x_train, y_train, x_test, y_test = digits_split()
+    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+    rng = np.random.default_rng(seed if seed is not None else (TRAIN_SEED if split == "train" else TEST_SEED))
+    directions = rng.permutation(np.arange(count) % len(DIRECTIONS))
+    picks = rng.integers(0, len(images), size=count)
+    clips = np.stack([make_clip(images[i], int(d), rng) for i, d in zip(picks, directions, strict=True)])
+    return clips, directions.astype(np.int64), labels[picks].astype(np.int64)
+
+
+def clip_frames(clip: np.ndarray) -> list[Image.Image]:
+    """A (T, H, W) uint8 clip as greyscale PIL frames."""
+    return [Image.fromarray(frame, "L") for frame in clip]
