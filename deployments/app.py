@@ -7,15 +7,30 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments import v2
 from deployments.args import AppArgs
 from deployments.auth import KeyStore, RateLimiter
 from deployments.image_model import ImageModel
 from deployments.ingress import Ingress
 from deployments.schemas import ModelCard, TensorMeta
-from models.registry import get_spec
+from models.registry import ModelSpec, Task, get_spec
 from models.weights import WeightsError
 
 logger = logging.getLogger("ray.serve")
+
+
+def v2_inputs(spec: ModelSpec) -> list[TensorMeta]:
+    """The Open Inference Protocol inputs of a model: any ONE of them per request."""
+    tensor = TensorMeta(name=v2.TENSOR_INPUT, datatype="FP32", shape=[-1, *spec.input_shape])
+    if spec.task == Task.GENERATION:
+        return [
+            TensorMeta(name=v2.SEED_INPUT, datatype="INT64", shape=[-1]),
+            TensorMeta(name=v2.LABEL_INPUT, datatype="INT64", shape=[-1]),
+            tensor,
+        ]
+    if spec.task == Task.VIDEO_CLASSIFICATION:
+        return [TensorMeta(name=v2.VIDEO_INPUT, datatype="BYTES", shape=[-1]), tensor]
+    return [TensorMeta(name=v2.IMAGE_INPUT, datatype="BYTES", shape=[-1]), tensor]
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -36,7 +51,9 @@ def build_app(args: dict[str, Any]) -> Application:
             version=spec.weights.version,
             labels=list(spec.categories),
             input_shape=spec.input_shape,
+            inputs=v2_inputs(spec),
             outputs=[TensorMeta(name=o.name, datatype=o.datatype, shape=list(o.shape)) for o in spec.outputs],
+            explainable=spec.explainable,
         )
         # serve.deployment turns the classes into Deployments; Ray's decorator is untyped.
         handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits, app_args.artifacts)  # type: ignore[attr-defined]

@@ -59,6 +59,9 @@ class LimitsArgs(_Strict):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=64)
     max_images_per_request: int = Field(64, ge=1, le=4096)
+    max_annotate_images: int = Field(16, ge=1, le=256, description="Images per /v1/images:annotate request.")
+    max_video_frames: int = Field(512, ge=2, le=100_000, description="Decoded frames per clip.")
+    max_video_seconds: float = Field(60.0, gt=0.0, description="Duration of one clip.")
     request_timeout_s: float = Field(60.0, gt=0.0)
 
 

@@ -79,6 +79,13 @@ class RequestTimeout(ServingError):
     code = "timeout"
 
 
+class NotAcceptable(ServingError):
+    """406: the response cannot be given in the media type the Accept header asks for."""
+
+    status_code = 406
+    code = "not_acceptable"
+
+
 class PayloadTooLarge(ServingError):
     """413: the body, an image's bytes or its pixel count exceeds a limit."""
 

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import secrets
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
 import torch
+from PIL import Image
 from ray import serve
 
+from deployments import v2
 from deployments.args import ArtifactsArgs, BatchConfig, LimitsArgs, ModelArgs
 from deployments.artifacts import verify_weights
 from deployments.errors import InvalidParameters
+from deployments.telemetry import ModelMetrics
 from models.images import ImageError, ImageLimits, decode_image
-from models.registry import ModelSpec, get_spec
+from models.registry import ModelSpec, Task, get_spec
+from models.video_io import VideoLimits, decode_clip, decode_frames
+
+IMAGE_TASKS = frozenset({Task.CLASSIFICATION, Task.DETECTION, Task.SEGMENTATION, Task.DENOISING})
+MAX_SEED = 2**63 - 1
+_Prepared = TypeVar("_Prepared")
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,6 +70,12 @@ class ImageModel:
         if verified:
             logger.info(verified)
         self._limits = ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+        self._video_limits = VideoLimits(
+            max_bytes=limits.max_body_bytes,
+            max_frames=limits.max_video_frames,
+            max_duration_s=limits.max_video_seconds,
+            max_pixels_per_frame=limits.max_image_pixels,
+        )
         self._threads = _replica_threads()
         torch.set_num_threads(self._threads)
         use_cuda = torch.cuda.is_available() and bool(ray.get_gpu_ids())
@@ -73,6 +90,9 @@ class ImageModel:
         self._batch = BatchConfig()
         self._batch_counts: Counter[int] = Counter()
         self._batch_seconds: defaultdict[int, float] = defaultdict(float)
+        self._ongoing = 0
+        self._metrics = ModelMetrics(self._spec.name)
+        self._metrics.load_seconds.set(self._load_seconds)
         logger.info(
             "model %s loaded in %.2fs on %s with %d threads (weights %s)",
             self._spec.name,
@@ -95,38 +115,135 @@ class ImageModel:
             torch.cuda.synchronize(self._device)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _forward_batch(self, inputs: list[torch.Tensor]) -> list[Any]:
+    async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, inputs)
+        return await loop.run_in_executor(self._executor, self._run, items)
 
-    def _run(self, inputs: list[torch.Tensor]) -> list[Any]:
+    def _run(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
+        """One batched forward pass; each item's output with the size of the batch it ran in."""
         started = time.perf_counter()
+        for _, enqueued in items:
+            self._metrics.queue_wait.observe((started - enqueued) * 1000.0)
         with torch.inference_mode():
-            batch = [x.to(self._device, non_blocking=True) for x in inputs]
+            batch = [x.to(self._device, non_blocking=True) for x, _ in items]
             outputs = [_to_cpu(out) for out in self._spec.forward(self._module, batch)]
-        self._batch_counts[len(inputs)] += 1
-        self._batch_seconds[len(inputs)] += time.perf_counter() - started
-        return outputs
+        seconds = time.perf_counter() - started
+        size = len(items)
+        self._batch_counts[size] += 1
+        self._batch_seconds[size] += seconds
+        self._metrics.batch_size.observe(size)
+        self._metrics.batch_execution.observe(seconds * 1000.0)
+        return [(out, size) for out in outputs]
 
-    def _prepare(self, images: list[bytes]) -> list[torch.Tensor]:
-        """Decode and preprocess every image; an error names the image when there are several."""
-        tensors = []
+    @contextlib.contextmanager
+    def _request(self, kind: str, items: int) -> Iterator[dict[str, Any]]:
+        """Count the request as ongoing and log it once done: model, sizes, latency, outcome."""
+        started = time.perf_counter()
+        facts: dict[str, Any] = {"model": self._spec.name, "call": kind, "items": items}
+        self._ongoing += 1
+        self._metrics.ongoing.set(self._ongoing)
+        outcome = "ok"
+        try:
+            yield facts
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self._ongoing -= 1
+            self._metrics.ongoing.set(self._ongoing)
+            facts.update(outcome=outcome, latency_ms=round((time.perf_counter() - started) * 1000.0, 2))
+            # Facts only: never image bytes or parameters (they may carry client data).
+            logger.info("%s %s %s", self._spec.name, kind, outcome, extra={"ray_serve_extra_fields": facts})
+
+    def _require(self, *tasks: Task) -> None:
+        if self._spec.task not in tasks:
+            raise InvalidParameters(f"model {self._spec.name!r} ({self._spec.task.value}) does not support this call")
+
+    def _decode(self, item: bytes | np.ndarray, deadline: float) -> Image.Image:
+        """An encoded image, or a uint8 HxW(xC) array decoded once upstream (annotate), in the spec's mode."""
+        if isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or item.ndim not in (2, 3):
+                raise InvalidParameters("decoded images must be uint8 HxW or HxWxC arrays")
+            return Image.fromarray(item).convert(self._spec.image_mode)
+        return decode_image(item, self._spec.image_mode, self._limits, deadline=deadline)
+
+    def _decode_all(self, images: Sequence[bytes | np.ndarray]) -> list[Image.Image]:
+        """Decode every image; an error names the image when there are several."""
+        decoded = []
         # One decode budget for the whole request, not per image: 64 slow images must not add up.
         deadline = time.monotonic() + self._limits.max_decode_seconds
         for index, data in enumerate(images):
             try:
-                image = decode_image(data, self._spec.image_mode, self._limits, deadline=deadline)
-                tensors.append(self._spec.preprocess(image))
+                decoded.append(self._decode(data, deadline))
             except ImageError as exc:
                 if len(images) == 1:
                     raise
                 raise type(exc)(f"image {index}: {exc}") from None
-        return tensors
+        return decoded
 
-    async def _forward_each(self, tensors: Sequence[torch.Tensor]) -> list[Any]:
-        # Every image enters the batch queue on its own, so one request's images and other
-        # requests' images share batches.
-        return list(await asyncio.gather(*(self._forward_batch(t) for t in tensors)))
+    def _prepare(self, images: Sequence[bytes | np.ndarray]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Preprocessed tensors and each image's context (its original size) for postprocess."""
+        decoded = self._decode_all(images)
+        tensors = [self._preprocess(self._spec.preprocess, image) for image in decoded]
+        return tensors, [{"image_size": [image.width, image.height]} for image in decoded]
+
+    @staticmethod
+    def _preprocess(function: Any, value: Any) -> torch.Tensor:
+        try:
+            tensor: torch.Tensor = function(value)
+        except ValueError as exc:
+            raise InvalidParameters(str(exc)) from None
+        return tensor
+
+    def _prepare_clips(self, clips: Sequence[bytes | list[bytes]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Video: each clip (an encoded video, or its still frames in order) -> one tensor."""
+        preprocess_clip = self._spec.preprocess_clip
+        if preprocess_clip is None:
+            raise InvalidParameters(f"model {self._spec.name!r} takes no clips")
+        decoded: list[list[Image.Image]] = []
+        # Only the frames the model samples are kept in memory; every frame still counts against the limits.
+        keep = self._spec.clip_length or None
+        for index, clip in enumerate(clips):
+            try:
+                if isinstance(clip, list):
+                    frames = decode_frames(
+                        clip, self._video_limits, self._limits, self._spec.image_mode, max_output_frames=keep
+                    )
+                else:
+                    frames = decode_clip(clip, self._video_limits, self._spec.image_mode, max_output_frames=keep)
+            except ImageError as exc:
+                if len(clips) == 1:
+                    raise
+                raise type(exc)(f"clip {index}: {exc}") from None
+            decoded.append(frames)
+        tensors = [self._preprocess(preprocess_clip, frames) for frames in decoded]
+        return tensors, [
+            {"image_size": [frames[0].width, frames[0].height], "frames": len(frames)} for frames in decoded
+        ]
+
+    async def _forward_each(self, tensors: Sequence[torch.Tensor], facts: dict[str, Any]) -> list[Any]:
+        # Every item enters the batch queue on its own, so one request's items and other
+        # requests' items share batches.
+        now = time.perf_counter()
+        results = await asyncio.gather(*(self._forward_batch((t, now)) for t in tensors))
+        facts["batch_sizes"] = [size for _, size in results]
+        return [out for out, _ in results]
+
+    def _timed_prepare(self, facts: dict[str, Any], prepare: Callable[[], _Prepared]) -> _Prepared:
+        started = time.perf_counter()
+        prepared = prepare()
+        elapsed = (time.perf_counter() - started) * 1000.0
+        self._metrics.preprocess.observe(elapsed)
+        facts["preprocess_ms"] = round(elapsed, 2)
+        return prepared
+
+    def _postprocess(
+        self, outputs: Sequence[Any], contexts: Sequence[dict[str, Any]], parameters: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        try:
+            return self._spec.postprocess(outputs, [{**parameters, **context} for context in contexts])
+        except ValueError as exc:
+            raise InvalidParameters(str(exc)) from None
 
     def _envelope(self) -> dict[str, Any]:
         weights = self._spec.weights
@@ -139,31 +256,120 @@ class ImageModel:
             envelope["warning"] = "random weights: predictions are meaningless (load testing only)"
         return envelope
 
-    async def predict(self, images: list[bytes], parameters: dict[str, Any]) -> dict[str, Any]:
-        """Task-shaped JSON for each encoded image, in order."""
-        tensors = self._prepare(images)  # bad input fails here, before batching, alone
-        outputs = await self._forward_each(tensors)
-        predictions = self._spec.postprocess(outputs, [parameters] * len(outputs))
-        return {**self._envelope(), "predictions": predictions}
+    async def predict(self, images: list[bytes | np.ndarray], parameters: dict[str, Any]) -> dict[str, Any]:
+        """Task-shaped JSON for each image (encoded, or decoded upstream as uint8 arrays), in order."""
+        self._require(*IMAGE_TASKS)
+        with self._request("predict", len(images)) as facts:
+            # Bad input fails here, before batching, alone.
+            tensors, contexts = self._timed_prepare(facts, lambda: self._prepare(images))
+            outputs = await self._forward_each(tensors, facts)
+            return {**self._envelope(), "predictions": self._postprocess(outputs, contexts, parameters)}
 
-    async def infer(self, images: list[bytes] | None, tensor: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Open Inference Protocol: encoded images or preprocessed float32 NCHW -> named outputs."""
-        if images is not None:
-            tensors = self._prepare(images)
-        elif tensor is not None:
-            expected = self._spec.input_shape
-            if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:
-                raise InvalidParameters(
-                    f"input tensor shape {list(tensor.shape)} does not match [-1, {', '.join(map(str, expected))}]"
-                )
-            if not np.isfinite(tensor).all():
-                raise InvalidParameters("input tensor holds NaN or infinite values")
-            # Arrays arrive read-only (zero-copy from the object store); torch needs its own copy.
-            tensors = list(torch.from_numpy(np.array(tensor, dtype=np.float32)).unbind(0))
-        else:
-            raise InvalidParameters("no input given")
-        outputs = await self._forward_each(tensors)
-        return self._spec.tensor_outputs(outputs)
+    async def predict_decoded(self, image: np.ndarray, parameters: dict[str, Any]) -> dict[str, Any]:
+        """:predict on one image decoded upstream (annotate): a uint8 array, shared through the object store."""
+        return await self.predict([image], parameters)
+
+    async def predict_clips(self, clips: list[bytes | list[bytes]], parameters: dict[str, Any]) -> dict[str, Any]:
+        """Video classification of each clip: an encoded video, or its still frames in order."""
+        self._require(Task.VIDEO_CLASSIFICATION)
+        with self._request("predict_clips", len(clips)) as facts:
+            tensors, contexts = self._timed_prepare(facts, lambda: self._prepare_clips(clips))
+            outputs = await self._forward_each(tensors, facts)
+            return {**self._envelope(), "predictions": self._postprocess(outputs, contexts, parameters)}
+
+    def _sample(self, num_images: int, seed: int, parameters: dict[str, Any]) -> list[torch.Tensor]:
+        if self._spec.sample is None:
+            raise InvalidParameters(f"model {self._spec.name!r} does not generate images")
+        try:
+            return self._spec.sample(num_images, seed, parameters)
+        except ValueError as exc:
+            raise InvalidParameters(str(exc)) from None
+
+    async def generate(self, num_images: int, seed: int | None, parameters: dict[str, Any]) -> dict[str, Any]:
+        """`num_images` generated images; the same seed and parameters give the same images."""
+        self._require(Task.GENERATION)
+        seed = secrets.randbelow(MAX_SEED) if seed is None else seed
+        with self._request("generate", num_images) as facts:
+            inputs = self._timed_prepare(facts, lambda: self._sample(num_images, seed, parameters))
+            outputs = await self._forward_each(inputs, facts)
+            images = self._postprocess(outputs, [{} for _ in outputs], parameters)
+            return {**self._envelope(), "seed": seed, "images": images}
+
+    async def explain(self, images: list[bytes], parameters: dict[str, Any]) -> dict[str, Any]:
+        """An explanation map (Grad-CAM or attention rollout) of the classifier's decision per image."""
+        if not self._spec.explainable:
+            raise InvalidParameters(f"model {self._spec.name!r} ({self._spec.task.value}) has no explanation maps")
+        with self._request("explain", len(images)) as facts:
+            decoded = self._timed_prepare(facts, lambda: self._decode_all(images))
+            return {**self._envelope(), "explanations": await self._explain_each(decoded, parameters)}
+
+    async def _explain_each(self, decoded: list[Image.Image], parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        from models.explain import ExplanationError, explain_image  # only replicas that explain import it
+
+        loop = asyncio.get_running_loop()
+        explanations = []
+        for image in decoded:
+            # On the forward thread: explanations and batches never use the module at the same time.
+            call = functools.partial(
+                explain_image,
+                self._spec,
+                self._module,
+                image,
+                target=parameters.get("target"),
+                alpha=parameters.get("alpha", 0.5),
+                device=self._device,
+            )
+            try:
+                explanations.append(await loop.run_in_executor(self._executor, call))
+            except (ValueError, ExplanationError) as exc:
+                # A bad target, or a model with nothing Grad-CAM can use: the request cannot be met.
+                raise InvalidParameters(str(exc)) from None
+        return explanations
+
+    async def infer(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Open Inference Protocol: the task's named inputs (see the model's v2 metadata) -> named outputs."""
+        spec = self._spec
+        with self._request("infer", 0) as facts:
+            tensors = self._timed_prepare(facts, lambda: self._infer_inputs(inputs))
+            if not tensors:
+                raise InvalidParameters("no input given")
+            facts["items"] = len(tensors)
+            return spec.tensor_outputs(await self._forward_each(tensors, facts))
+
+    def _infer_inputs(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
+        tensor = inputs.get(v2.TENSOR_INPUT)
+        if tensor is not None:
+            return self._tensor_rows(tensor)
+        if self._spec.task == Task.GENERATION:
+            return self._latents_from_seeds(inputs.get(v2.SEED_INPUT), inputs.get(v2.LABEL_INPUT))
+        if self._spec.task == Task.VIDEO_CLASSIFICATION:
+            return self._prepare_clips(inputs.get(v2.VIDEO_INPUT) or [])[0]
+        return self._prepare(inputs.get(v2.IMAGE_INPUT) or [])[0]
+
+    def _tensor_rows(self, tensor: np.ndarray) -> list[torch.Tensor]:
+        expected = self._spec.input_shape
+        if tensor.ndim != len(expected) + 1 or tuple(tensor.shape[1:]) != expected:
+            raise InvalidParameters(
+                f"input tensor shape {list(tensor.shape)} does not match [-1, {', '.join(map(str, expected))}]"
+            )
+        if not np.isfinite(tensor).all():
+            raise InvalidParameters("input tensor holds NaN or infinite values")
+        # Arrays arrive read-only (zero-copy from the object store); torch needs its own copy.
+        return list(torch.from_numpy(np.array(tensor, dtype=np.float32)).unbind(0))
+
+    def _latents_from_seeds(self, seeds: np.ndarray | None, labels: np.ndarray | None) -> list[torch.Tensor]:
+        if seeds is None:
+            raise InvalidParameters(f"send {v2.SEED_INPUT!r} (INT64, one seed per image) or {v2.TENSOR_INPUT!r}")
+        seeds = np.asarray(seeds).reshape(-1)
+        if labels is not None and np.asarray(labels).size != seeds.size:
+            raise InvalidParameters(f"{v2.LABEL_INPUT!r} needs one label per seed")
+        if seeds.size and (seeds.min() < 0 or seeds.max() > MAX_SEED):
+            raise InvalidParameters(f"seeds must lie in [0, {MAX_SEED}]")
+        rows: list[torch.Tensor] = []
+        for row, seed in enumerate(seeds.tolist()):
+            params = {} if labels is None else {"label": int(np.asarray(labels).reshape(-1)[row])}
+            rows.extend(self._sample(1, int(seed), params))
+        return rows
 
     def metadata(self) -> dict[str, Any]:
         """Catalogue entry: task, input, labels, weights, live batching settings, device."""
@@ -173,7 +379,12 @@ class ImageModel:
             "task": spec.task.value,
             "family": spec.family,
             "description": spec.description,
-            "input": {"size": list(spec.input_size), "channels": spec.channels, "mode": spec.image_mode},
+            "input": {
+                "size": list(spec.input_size),
+                "channels": spec.channels,
+                "mode": spec.image_mode,
+                "shape": list(spec.input_shape),
+            },
             "labels": list(spec.categories),
             "weights": {
                 "source": spec.weights.source,

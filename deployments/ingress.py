@@ -6,15 +6,20 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Awaitable
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
 import numpy as np
+import ray
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -22,7 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments import schemas, v2
+from deployments import schemas, telemetry, v2
 from deployments.args import AuthArgs, LimitsArgs
 from deployments.auth import KeyStore, Tenant
 from deployments.errors import (
@@ -30,6 +35,7 @@ from deployments.errors import (
     Forbidden,
     InvalidParameters,
     ModelNotFound,
+    NotAcceptable,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
@@ -43,8 +49,11 @@ from deployments.errors import (
     describe_validation_error,
 )
 from deployments.schemas import ModelCard
+from models.images import ImageError, ImageLimits, decode_image
 
 logger = logging.getLogger("ray.serve")
+ParamsT = TypeVar("ParamsT", bound=BaseModel)
+IMAGE_TASKS = ("classification", "detection", "segmentation", "denoising")
 
 SERVER_NAME = "vision-maas"
 SERVER_VERSION = "0.1.0"
@@ -58,6 +67,18 @@ app = FastAPI(
 )
 
 
+UI_DIR = Path(__file__).resolve().parent / "ui"
+# The web playground: static files shipped in the package (no CDN: it must work offline).
+app.mount("/ui", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")
+
+LANDING_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>vision-maas</title></head>
+<body><h1>vision-maas</h1><p>Image models as a service.</p>
+<ul><li><a href="/ui/">Playground</a></li><li><a href="/docs">API documentation</a></li>
+<li><a href="/v1/models">Models</a></li><li><a href="/metrics">Metrics</a></li></ul></body></html>
+"""
+
+
 def _error_response(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -65,10 +86,39 @@ def _error_response(
     body: dict[str, Any] = (
         {"error": message} if request.url.path.startswith("/v2") else {"error": {"code": code, "message": message}}
     )
+    request.state.error_code = code  # for the request's metrics and access log
     headers = dict(headers or {})
     if status in (429, 503):
         headers.setdefault("Retry-After", RETRY_AFTER_S)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+@app.middleware("http")
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Metrics and one structured access-log line for every request (the id comes from Serve)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    code: str | None = getattr(request.state, "error_code", None)
+    route = request.scope.get("route")
+    # Label by route template and served model only: raw paths and unknown names would let
+    # any client create unbounded metric series.
+    template = getattr(route, "path", "unmatched")
+    model = request.scope.get("path_params", {}).get("model", "")
+    if code in ("model_not_found", "not_found"):
+        model = "unknown"
+    status = response.status_code
+    reason = code if 400 <= status < 500 and code not in (None, "unauthorized", "forbidden", "rate_limited") else None
+    telemetry.ingress_metrics().record(model, template, status, latency_ms, reason)
+    telemetry.access_log(
+        method=request.method,
+        path=template,
+        model=model,
+        status=status,
+        latency_ms=round(latency_ms, 2),
+        error=code,
+    )
+    return response
 
 
 @app.exception_handler(ServingError)
@@ -132,6 +182,34 @@ def _b64(value: str, index: int) -> bytes:
         raise BadRequest(f"instances[{index}].b64 is not valid base64") from None
 
 
+def _validate(schema: type[ParamsT], values: dict[str, Any]) -> ParamsT:
+    """Parameters checked against the route's schema: 422 naming the first bad one."""
+    try:
+        return schema.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidParameters(describe_validation_error(exc)) from None
+
+
+def _accepts_png_only(accept: str) -> bool:
+    """True when the client asks for image/png and not for JSON (curl's default */* gets JSON)."""
+    types = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    return "image/png" in types and not types & {"application/json", "*/*", "application/*"}
+
+
+def _triton_type(datatype: str) -> str:
+    """Triton model-config type of an Open Inference Protocol datatype (BYTES is TYPE_STRING)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def _node_metrics_url() -> str:
+    """The metrics endpoint of the Ray node this process runs on."""
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if node.get("NodeID") == node_id:
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    raise Unavailable("this node's metrics endpoint is unknown")
+
+
 def _awaitable(response: Any) -> Awaitable[Any]:
     """A DeploymentResponse as a coroutine, so asyncio.wait_for can bound it."""
 
@@ -158,6 +236,7 @@ class Ingress:
         self._cards = cards
         self._limits = limits
         self._limiter = limiter
+        self._metrics_url: str | None = None
         # Keys are read here, in the replica, from a file or the environment: they never
         # travel through Ray's object store.
         self._keys = KeyStore.load(auth.keys_file, auth.keys_env) if auth.enabled else None
@@ -223,13 +302,25 @@ class Ingress:
 
     async def _images_and_params(self, request: Request) -> tuple[list[bytes], dict[str, Any]]:
         """Images from a raw, multipart or JSON body; parameters from the query and the body."""
+        items, params = await self._inputs_and_params(request, video=False)
+        return [item for item in items if isinstance(item, bytes)], params
+
+    async def _inputs_and_params(
+        self, request: Request, *, video: bool
+    ) -> tuple[list[bytes | list[bytes]], dict[str, Any]]:
+        """Inputs from a raw, multipart or JSON body, and parameters from the query and the body.
+
+        Each input is an encoded image or clip; for video models (`video`), also a clip sent
+        as still frames in order (multipart parts named `frame`, or JSON `frames`).
+        """
         body = await read_body(request, self._limits.max_body_bytes)
         params: dict[str, Any] = dict(request.query_params)
         media = _media_type(request)
-        if media in RAW_IMAGE_TYPES or media.startswith("image/"):
-            images = [body]
+        items: list[bytes | list[bytes]]
+        if media in RAW_IMAGE_TYPES or media.startswith("image/") or (video and media.startswith("video/")):
+            items = [body]
         elif media == "multipart/form-data":
-            images, fields = await self._multipart(request, body)
+            items, fields = await self._multipart(request, body, video=video)
             params.update(fields)
         elif media == "application/json":
             try:
@@ -238,44 +329,92 @@ class Ingress:
                 if any(e["type"] == "json_invalid" for e in exc.errors()):
                     raise BadRequest("request body is not valid JSON") from None
                 raise InvalidParameters(describe_validation_error(exc)) from None
-            images = [_b64(inst.b64, i) for i, inst in enumerate(parsed.instances)]
+            items = []
+            for i, inst in enumerate(parsed.instances):
+                if inst.frames is not None:
+                    if not video:
+                        raise BadRequest(f"instances[{i}].frames: only video models take frames")
+                    items.append([_b64(frame, i) for frame in inst.frames])
+                else:
+                    items.append(_b64(inst.b64 or "", i))
             params.update(parsed.parameters)
         else:
+            kinds = "video/*, image/gif, " if video else ""
             raise UnsupportedMediaType(
-                f"unsupported content type {media or '(none)'!r}; send image/jpeg, image/png, image/webp, "
+                f"unsupported content type {media or '(none)'!r}; send {kinds}image/jpeg, image/png, image/webp, "
                 "multipart/form-data or application/json"
             )
-        if not images or not all(images):
-            raise BadRequest("no image in the request")
-        if len(images) > self._limits.max_images_per_request:
+        if not items or not all(items) or not all(all(f) for f in items if isinstance(f, list)):
+            raise BadRequest("no image in the request" if not video else "no clip in the request")
+        if len(items) > self._limits.max_images_per_request:
             raise PayloadTooLarge(
-                f"{len(images)} images in one request; the limit is {self._limits.max_images_per_request}"
+                f"{len(items)} inputs in one request; the limit is {self._limits.max_images_per_request}"
             )
-        return images, params
+        return items, params
 
-    async def _multipart(self, request: Request, body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    async def _multipart(
+        self, request: Request, body: bytes, *, video: bool = False
+    ) -> tuple[list[bytes | list[bytes]], dict[str, str]]:
         async def replay() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
+        max_parts = self._limits.max_images_per_request + 1 + (self._limits.max_video_frames if video else 0)
         try:
-            form = await Request(request.scope, replay).form(
-                max_files=self._limits.max_images_per_request + 1, max_fields=64
-            )
+            form = await Request(request.scope, replay).form(max_files=max_parts, max_fields=64)
         except StarletteHTTPException as exc:
             raise BadRequest(f"malformed multipart body: {exc.detail}") from None
         try:
-            images: list[bytes] = []
+            items: list[bytes | list[bytes]] = []
+            frames: list[bytes] = []
             fields: dict[str, str] = {}
+            file_parts = ("image", "video", "frame") if video else ("image",)
             for key, value in form.multi_items():
-                if key == "image":
-                    images.append(await value.read() if isinstance(value, UploadFile) else value.encode())
+                if key in file_parts:
+                    data = await value.read() if isinstance(value, UploadFile) else value.encode()
+                    (frames if key == "frame" else items).append(data)
                 elif isinstance(value, str):
                     fields[key] = value
                 else:
-                    raise BadRequest(f"unexpected file part {key!r}; image parts are named 'image'")
-            return images, fields
+                    names = ", ".join(repr(n) for n in file_parts)
+                    raise BadRequest(f"unexpected file part {key!r}; file parts are named {names}")
+            if frames:
+                items.append(frames)
+            return items, fields
         finally:
             await form.close()
+
+    def _decode_shared(self, data: bytes) -> np.ndarray:
+        limits = ImageLimits(max_bytes=self._limits.max_image_bytes, max_pixels=self._limits.max_image_pixels)
+        return np.asarray(decode_image(data, "RGB", limits))
+
+    async def _annotate_one(self, req: schemas.AnnotateRequest, tenant: Tenant | None) -> dict[str, Any]:
+        """One image of an annotate request: decoded once, then every feature concurrently."""
+        try:
+            data = _b64(req.image.b64, 0)
+            # Off the event loop: other requests keep flowing while a large image decodes.
+            array = await asyncio.to_thread(self._decode_shared, data)
+        except (ServingError, ImageError) as exc:
+            error = as_serving_error(exc) or ServingError("internal error")
+            return {"features": [], "error": {"code": error.code, "message": error.message}}
+        shared = ray.put(array)  # one copy in the object store, read zero-copy by every model
+        results = await asyncio.gather(*(self._annotate_feature(shared, f, tenant) for f in req.features))
+        return {"features": list(results)}
+
+    async def _annotate_feature(
+        self, image: ray.ObjectRef[np.ndarray], feature: schemas.Feature, tenant: Tenant | None
+    ) -> dict[str, Any]:
+        try:
+            card = self._card(feature.model)
+            if tenant is not None and not tenant.may_use(feature.model):
+                raise Forbidden(f"this API key may not use model {feature.model!r}")
+            if card.task not in IMAGE_TASKS:
+                raise RouteNotSupported(f"model {feature.model!r} ({card.task}) does not annotate still images")
+            params = _validate(schemas.PARAMS_BY_TASK[card.task], feature.parameters)
+            # The ObjectRef is a top-level argument, so Ray hands the replica the array itself.
+            result = await self._call(feature.model, "predict_decoded", image, params.model_dump())
+        except ServingError as exc:
+            return {"model": feature.model, "error": {"code": exc.code, "message": exc.message}}
+        return {"model": feature.model, "model_version": result["model_version"], "result": result["predictions"][0]}
 
     # ---- v1 -------------------------------------------------------------------------
 
@@ -290,14 +429,80 @@ class Ingress:
         card = self._card(model)
         _, headers = await self._authorize(key, model)
         if card.task not in schemas.PARAMS_BY_TASK:
-            raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route")
-        images, raw_params = await self._images_and_params(request)
-        try:
-            params = schemas.PARAMS_BY_TASK[card.task].model_validate(raw_params)
-        except ValidationError as exc:
-            raise InvalidParameters(describe_validation_error(exc)) from None
-        result = await self._call(model, "predict", images, params.model_dump())
+            raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route; see its task's route")
+        video = card.task == "video_classification"
+        items, raw_params = await self._inputs_and_params(request, video=video)
+        params = _validate(schemas.PARAMS_BY_TASK[card.task], raw_params)
+        if video:
+            result = await self._call(model, "predict_clips", items, params.model_dump())
+        else:
+            result = await self._call(model, "predict", items, params.model_dump())
         return JSONResponse(result, headers=headers)
+
+    @app.post(
+        "/v1/models/{model}:generate",
+        response_model=schemas.GenerateResponse,
+        responses={**schemas.ERROR_RESPONSES, 200: {"content": {"image/png": {}}}, 406: schemas.ERROR_406},
+        summary="Generate images (generative models)",
+    )
+    async def generate(
+        self, model: str, request: Request, body: schemas.GenerateBody, key: str | None = CREDENTIAL
+    ) -> Response:
+        card = self._card(model)
+        _, headers = await self._authorize(key, model)
+        if card.task != "generation":
+            raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
+        if body.num_images > self._limits.max_images_per_request:
+            raise PayloadTooLarge(
+                f"num_images {body.num_images} is over the limit of {self._limits.max_images_per_request}"
+            )
+        want_png = _accepts_png_only(request.headers.get("accept", ""))
+        if want_png and body.num_images != 1:
+            raise NotAcceptable("Accept: image/png returns one image; ask for num_images 1 or accept application/json")
+        result = await self._call(model, "generate", body.num_images, body.seed, body.for_model())
+        if want_png:
+            image = result["images"][0]
+            headers |= {
+                "X-Seed": str(result["seed"]),
+                "X-Label": image["label"],
+                "X-Model-Version": result["model_version"],
+            }
+            return Response(base64.b64decode(image["image"]), media_type="image/png", headers=headers)
+        return JSONResponse(result, headers=headers)
+
+    @app.post(
+        "/v1/models/{model}:explain",
+        response_model=schemas.ExplainResponse,
+        responses=schemas.ERROR_RESPONSES,
+        openapi_extra=schemas.PREDICT_REQUEST_BODY,
+        summary="Explanation maps of a classifier's decision (Grad-CAM, attention rollout)",
+    )
+    async def explain(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
+        card = self._card(model)
+        _, headers = await self._authorize(key, model)
+        if not card.explainable:
+            raise RouteNotSupported(f"model {model!r} ({card.task}) has no :explain route; classifiers do")
+        images, raw_params = await self._images_and_params(request)
+        params = _validate(schemas.ExplainParams, raw_params)
+        result = await self._call(model, "explain", images, params.for_model())
+        return JSONResponse(result, headers=headers)
+
+    @app.post(
+        "/v1/images:annotate",
+        response_model=schemas.AnnotateResponse,
+        responses=schemas.ERROR_RESPONSES,
+        summary="Several models on each of several images; errors reported per feature",
+    )
+    async def annotate(self, body: schemas.AnnotateBody, key: str | None = CREDENTIAL) -> Response:
+        tenant, headers = await self._authorize(key, None)
+        if len(body.requests) > self._limits.max_annotate_images:
+            raise PayloadTooLarge(
+                f"{len(body.requests)} images in one request; the limit is {self._limits.max_annotate_images}"
+            )
+        # Every image is decoded once, here, and shared with its models through the object
+        # store as one uint8 array: compact, and no model decodes it again.
+        responses = await asyncio.gather(*(self._annotate_one(req, tenant) for req in body.requests))
+        return JSONResponse({"responses": list(responses)}, headers=headers)
 
     @app.get(
         "/v1/models", response_model=schemas.ModelList, responses=schemas.ERROR_RESPONSES, summary="The served models"
@@ -318,6 +523,31 @@ class Ingress:
         self._card(model)
         _, headers = await self._authorize(key, model)
         return JSONResponse(await self._call(model, "metadata"), headers=headers)
+
+    @app.get("/", response_class=HTMLResponse, summary="Landing page: links to the playground, docs and catalogue")
+    async def index(self) -> HTMLResponse:
+        return HTMLResponse(LANDING_PAGE)
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses=schemas.ERROR_RESPONSES,
+        summary="Prometheus metrics of this node (Ray, Serve and vision-maas series)",
+    )
+    async def metrics(self, key: str | None = CREDENTIAL) -> Response:
+        # On a cluster, Prometheus scrapes every node's metrics port; this route shows the
+        # ingress's own node, which is every process when running on one machine.
+        _, headers = await self._authorize(key, None)
+        if self._metrics_url is None:
+            self._metrics_url = await asyncio.to_thread(_node_metrics_url)
+        url = self._metrics_url
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                scraped = await http.get(url)
+        except httpx.HTTPError:
+            raise Unavailable("the node's metrics agent is not answering; retry later") from None
+        content_type = scraped.headers.get("content-type", "text/plain; version=0.0.4")
+        return Response(scraped.content, media_type=content_type, headers=headers)
 
     @app.get("/healthz", summary="Liveness of the ingress")
     async def healthz(self) -> dict[str, str]:
@@ -363,10 +593,7 @@ class Ingress:
             "name": card.name,
             "versions": [card.version],
             "platform": "pytorch",
-            "inputs": [
-                {"name": v2.IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
-                {"name": v2.TENSOR_INPUT, "datatype": "FP32", "shape": [-1, *card.input_shape]},
-            ],
+            "inputs": [i.model_dump() for i in card.inputs],
             "outputs": [o.model_dump() for o in card.outputs],
         }
 
@@ -392,8 +619,8 @@ class Ingress:
             "platform": "pytorch",
             "max_batch_size": meta["batching"]["max_batch_size"],
             "input": [
-                {"name": v2.IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1]},
-                {"name": v2.TENSOR_INPUT, "data_type": "TYPE_FP32", "dims": list(card.input_shape)},
+                {"name": i.name, "data_type": _triton_type(i.datatype), "dims": list(i.shape[1:]) or [1]}
+                for i in card.inputs
             ],
             "output": [
                 {"name": o.name, "data_type": f"TYPE_{o.datatype}", "dims": list(o.shape[1:])} for o in card.outputs
@@ -431,23 +658,29 @@ class Ingress:
         body = await read_body(request, self._limits.max_body_bytes)
         infer_request, binary = v2.split_body(body, request.headers.get(v2.HEADER_LENGTH))
         inputs = v2.decode_inputs(infer_request, binary)
-        unknown = set(inputs) - {v2.IMAGE_INPUT, v2.TENSOR_INPUT}
-        if unknown or len(inputs) != 1:
+        accepted = {i.name: i.datatype for i in card.inputs}
+        unknown = set(inputs) - set(accepted)
+        given = set(inputs) - {v2.LABEL_INPUT}  # a generator's labels go with its seeds
+        if unknown or len(given) != 1:
             raise BadRequest(
-                f"send exactly one input: {v2.IMAGE_INPUT!r} (BYTES, encoded images) or "
-                f"{v2.TENSOR_INPUT!r} (FP32, preprocessed NCHW); got {', '.join(sorted(inputs))}"
+                f"send exactly one of the inputs {', '.join(repr(n) for n in accepted if n != v2.LABEL_INPUT)}"
+                f" (see GET /v2/models/{card.name}); got {', '.join(sorted(inputs)) or 'none'}"
             )
-        images = inputs.get(v2.IMAGE_INPUT)
-        tensor = inputs.get(v2.TENSOR_INPUT)
-        if images is not None and not isinstance(images, list):
-            raise BadRequest(f"input {v2.IMAGE_INPUT!r} must be BYTES")
-        if tensor is not None and (not isinstance(tensor, np.ndarray) or tensor.dtype.kind != "f"):
-            raise BadRequest(f"input {v2.TENSOR_INPUT!r} must be FP32")
-        count = len(images) if images is not None else len(tensor) if tensor is not None else 0
+        count = 0
+        for name, value in inputs.items():
+            kind = accepted[name]
+            if kind == "BYTES" and not isinstance(value, list):
+                raise BadRequest(f"input {name!r} must be BYTES")
+            if kind != "BYTES" and not (
+                isinstance(value, np.ndarray) and value.dtype.kind == ("f" if kind == "FP32" else "i")
+            ):
+                raise BadRequest(f"input {name!r} must be {kind}")
+            if name in given:
+                count = len(value)
         if count == 0:
-            raise BadRequest("the input holds no images")
+            raise BadRequest("the input is empty")
         if count > self._limits.max_images_per_request:
-            raise PayloadTooLarge(f"{count} images in one request; the limit is {self._limits.max_images_per_request}")
-        outputs = await self._call(model, "infer", images, tensor)
+            raise PayloadTooLarge(f"{count} items in one request; the limit is {self._limits.max_images_per_request}")
+        outputs = await self._call(model, "infer", inputs)
         content, headers = v2.encode_response(card.name, card.version, infer_request, outputs, card.labels)
         return Response(content=content, headers=headers | auth_headers)

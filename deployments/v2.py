@@ -22,6 +22,9 @@ from deployments.errors import BadRequest, InvalidParameters, describe_validatio
 HEADER_LENGTH = "Inference-Header-Content-Length"
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "input"
+VIDEO_INPUT = "video"
+SEED_INPUT = "seed"
+LABEL_INPUT = "label"
 
 _NUMPY_TYPES: dict[str, str] = {
     "BOOL": "?",

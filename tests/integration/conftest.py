@@ -69,21 +69,32 @@ def default_app_config() -> dict[str, Any]:
     app = config["applications"][0]
     app.pop("name")
     app["args"]["models"].append({"name": "resnet18", "weights": "random"})
-    # A 2-core CI machine: small CPU shares so every replica schedules; batching as shipped.
-    app["deployments"] = [
-        {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}},
-        {
-            "name": "digits_cnn",
+    # As on the cluster (the chart's values): JSON logs, which the observability tests parse.
+    app["logging_config"] = {"encoding": "JSON", "log_level": "INFO"}
+    # A 2-core CI machine: small CPU shares so every replica schedules; batching as shipped,
+    # except digits_cnn, whose longer wait lets the batching tests fill batches.
+    overrides: dict[str, dict[str, Any]] = {
+        "Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
+        "digits_cnn": {
             "ray_actor_options": {"num_cpus": 0.5},
             "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
         },
+    }
+    app["deployments"] = [
+        {
+            "name": d["name"],
+            **overrides.get(d["name"], {k: d[k] for k in ("ray_actor_options", "user_config") if k in d}),
+        }
+        for d in app["deployments"]
+    ]
+    app["deployments"].append(
         {
             "name": "resnet18",
             "ray_actor_options": {"num_cpus": 1},
             "max_queued_requests": 64,
             "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
-        },
-    ]
+        }
+    )
     return app
 
 

@@ -1,0 +1,173 @@
+"""Metrics, the Grafana dashboard's queries, request ids and structured logs, on the real app."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "k8s" / "grafana" / "vision-maas-dashboard.json"
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+# Ray's node metrics that exist only where GPUs do (Ray documents them; CI has no GPU).
+GPU_ONLY = {"ray_node_gpus_utilization", "ray_node_gram_used"}
+PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "avg", "max", "le", "model", "status", "reason"}
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match and not line.startswith("#"):
+            labels = dict(LABEL.findall(match.group("labels") or ""))
+            out.append((match.group("name"), labels, float(match.group("value"))))
+    return out
+
+
+def scrape_until(
+    client: httpx.Client, ready: list[str], timeout_s: float = 60.0
+) -> list[tuple[str, dict[str, str], float]]:
+    """Scrape /metrics until every name in `ready` has a sample (Ray exports every few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.get("/metrics")
+        assert response.status_code == 200, response.text
+        found = samples(response.text)
+        names = {name for name, _, _ in found}
+        if all(name in names for name in ready) or time.monotonic() > deadline:
+            return found
+        time.sleep(2.0)
+
+
+@pytest.fixture(scope="module")
+def scraped(base_url: str, digit_pngs: list[tuple[bytes, int]]) -> list[tuple[str, dict[str, str], float]]:
+    with httpx.Client(base_url=base_url, timeout=60.0) as client:
+        return _traffic_then_scrape(client, digit_pngs)
+
+
+def _traffic_then_scrape(
+    client: httpx.Client, digit_pngs: list[tuple[bytes, int]]
+) -> list[tuple[str, dict[str, str], float]]:
+    for png, _ in digit_pngs[:5]:
+        assert (
+            client.post("/v1/models/digits_cnn:predict", content=png, headers={"Content-Type": "image/png"}).status_code
+            == 200
+        )
+    bad = client.post("/v1/models/digits_cnn:predict", content=b"not an image", headers={"Content-Type": "image/png"})
+    assert bad.status_code in (400, 415)
+    assert (
+        client.post("/v1/models/no_such_model:predict", content=b"x", headers={"Content-Type": "image/png"}).status_code
+        == 404
+    )
+    return scrape_until(
+        client,
+        [
+            "ray_vision_maas_requests_total",
+            "ray_vision_maas_batch_size_count",
+            "ray_vision_maas_queue_wait_ms_count",
+            "ray_vision_maas_preprocess_ms_count",
+            "ray_vision_maas_batch_execution_ms_count",
+        ],
+    )
+
+
+def value(found: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    return sum(v for n, ls, v in found if n == name and all(ls.get(k) == want for k, want in labels.items()))
+
+
+def test_metrics_count_requests_by_model_route_and_status(scraped: list[tuple[str, dict[str, str], float]]) -> None:
+    route = "/v1/models/{model}:predict"
+    assert value(scraped, "ray_vision_maas_requests_total", model="digits_cnn", route=route, status="200") >= 5
+    assert value(scraped, "ray_vision_maas_requests_total", model="unknown", route=route, status="404") >= 1
+    assert value(scraped, "ray_vision_maas_request_latency_ms_count", model="digits_cnn", route=route) >= 5
+
+
+def test_metrics_count_rejected_inputs_by_reason(scraped: list[tuple[str, dict[str, str], float]]) -> None:
+    rejected = {ls["reason"] for n, ls, v in scraped if n == "ray_vision_maas_rejected_inputs_total" and v > 0}
+    assert rejected & {"invalid_image", "unsupported_media_type"}
+
+
+def test_metrics_show_batching_queue_wait_and_load_time_per_model(
+    scraped: list[tuple[str, dict[str, str], float]],
+) -> None:
+    for name in (
+        "ray_vision_maas_batch_size_count",
+        "ray_vision_maas_queue_wait_ms_count",
+        "ray_vision_maas_preprocess_ms_count",
+        "ray_vision_maas_batch_execution_ms_count",
+    ):
+        assert value(scraped, name, model="digits_cnn") >= 5, name
+    assert value(scraped, "ray_vision_maas_model_load_seconds", model="digits_cnn") > 0
+    assert any(n == "ray_vision_maas_ongoing_requests" for n, _, _ in scraped)
+
+
+def test_every_dashboard_query_names_an_exported_metric(scraped: list[tuple[str, dict[str, str], float]]) -> None:
+    exported = {name for name, _, _ in scraped}
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queries.append(dashboard["templating"]["list"][1]["query"]["query"])
+    assert len(queries) >= 12
+    for query in queries:
+        # Metric names: identifiers outside braces and strings that are not PromQL words.
+        bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", "", query)
+        names = {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", bare) if w.startswith("ray_")}
+        assert names, query
+        for name in names - GPU_ONLY:
+            assert name in exported, f"{name} (in {query!r}) is not exported"
+
+
+def test_request_id_is_honoured_and_returned(client: httpx.Client, digit_pngs: list[tuple[bytes, int]]) -> None:
+    mine = f"test-{uuid.uuid4()}"
+    response = client.post(
+        "/v1/models/digits_cnn:predict",
+        content=digit_pngs[0][0],
+        headers={"Content-Type": "image/png", "X-Request-ID": mine},
+    )
+    assert response.headers["x-request-id"] == mine
+    generated = client.get("/healthz").headers["x-request-id"]
+    assert generated
+    assert generated != client.get("/healthz").headers["x-request-id"]
+
+
+def test_logs_are_structured_with_request_id_model_and_status_and_no_image_bytes(
+    client: httpx.Client, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    request_id = f"log-{uuid.uuid4()}"
+    png = digit_pngs[0][0]
+    client.post(
+        "/v1/models/digits_cnn:predict",
+        content=png,
+        headers={"Content-Type": "image/png", "X-Request-ID": request_id, "Authorization": "Bearer secret-key-value"},
+    )
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    deadline = time.monotonic() + 30
+    records: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        records = []
+        for path in logs.glob("replica_*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if request_id in line:
+                    assert "secret-key-value" not in line
+                    assert "iVBOR" not in line  # no image bytes, base64 or raw
+                    assert "PNG" not in line
+                    records.append(json.loads(line))
+        access = [r for r in records if r.get("path") == "/v1/models/{model}:predict"]
+        model_side = [r for r in records if r.get("call") == "predict"]
+        if access and model_side:
+            break
+        time.sleep(1.0)
+    assert access, records
+    assert model_side, records
+    assert access[0]["status"] == 200
+    assert access[0]["model"] == "digits_cnn"
+    assert access[0]["request_id"] == request_id
+    assert model_side[0]["model"] == "digits_cnn"
+    assert model_side[0]["batch_sizes"]
+    assert model_side[0]["latency_ms"] > 0
