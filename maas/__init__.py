@@ -1,5 +1,5 @@
 """vision-maas client: call the served image models from Python, sync or async."""
 
-from maas.client import ApiError, AsyncVisionClient, RetryPolicy, VisionClient
+from maas.client import ApiError, AsyncVisionClient, GeneratedPng, RetryPolicy, VisionClient
 
-__all__ = ["ApiError", "AsyncVisionClient", "RetryPolicy", "VisionClient"]
+__all__ = ["ApiError", "AsyncVisionClient", "GeneratedPng", "RetryPolicy", "VisionClient"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, NamedTuple, Self, TypeAlias
 from urllib.parse import quote
 
 import httpx
@@ -35,6 +35,15 @@ Images: TypeAlias = ImageSource | Sequence[ImageSource]
 """One image or several; several go in one request and come back in the same order."""
 
 ParamValue: TypeAlias = str | int | float | bool
+
+FeatureSpec: TypeAlias = str | tuple[str, Mapping[str, Any]] | Mapping[str, Any]
+"""A feature of an annotate request: a model name, (model, parameters), or {"model", "parameters"}."""
+
+AnnotateItem: TypeAlias = tuple[ImageSource, Sequence[FeatureSpec]]
+"""One image of an annotate request and the features (models) to run on it."""
+
+Frames: TypeAlias = Sequence[ImageSource] | Sequence[Sequence[ImageSource]]
+"""Still frames of one video clip, in order; or several such clips."""
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 USER_AGENT = "vision-maas-client"
@@ -301,30 +310,125 @@ def _model_path(model: str) -> str:
     return f"/v1/models/{quote(model, safe='')}"
 
 
-def _predict_call(model: str, images: Images, parameters: Mapping[str, ParamValue]) -> _Call:
+def _images_call(path: str, images: Images, parameters: Mapping[str, ParamValue]) -> _Call:
     """One image: the raw body with its sniffed type; several: multipart, one `image` part each."""
     loaded = _load(images)
     fields = {name: _field(value) for name, value in parameters.items()}
-    path = f"{_model_path(model)}:predict"
     if len(loaded) == 1:
         data = loaded[0][0]
         return _Call(
             "POST", path, params=fields or None, content=data, headers={"Content-Type": sniff_content_type(data)}
         )
+    return _multipart_call(path, fields, [("image", name, data) for data, name in loaded])
+
+
+def _multipart_call(path: str, fields: Mapping[str, str], parts: Sequence[tuple[str, str, bytes]]) -> _Call:
+    """A multipart body of form fields and named file parts, encoded once into re-sendable bytes."""
     # httpx encodes the multipart body; reading it here turns it into bytes that can be re-sent.
     encoded = httpx.Request(
         "POST",
         "http://multipart.invalid/",
-        data=fields,
-        files=[("image", (name, data, sniff_content_type(data))) for data, name in loaded],
+        data=dict(fields),
+        files=[(part, (name, data, sniff_content_type(data))) for part, name, data in parts],
     )
     return _Call("POST", path, content=encoded.read(), headers={"Content-Type": encoded.headers["Content-Type"]})
 
 
+def _predict_call(model: str, images: Images, parameters: Mapping[str, ParamValue]) -> _Call:
+    return _images_call(f"{_model_path(model)}:predict", images, parameters)
+
+
+def _explain_call(
+    model: str, images: Images, target: str | None, target_index: int | None, alpha: float | None
+) -> _Call:
+    given = {"target": target, "target_index": target_index, "alpha": alpha}
+    return _images_call(f"{_model_path(model)}:explain", images, {k: v for k, v in given.items() if v is not None})
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _json_call(path: str, body: Mapping[str, Any], accept: str | None = None) -> _Call:
+    headers = {"Content-Type": "application/json"}
+    if accept is not None:
+        headers["Accept"] = accept
+    return _Call("POST", path, content=json.dumps(body).encode(), headers=headers)
+
+
+def _generate_call(
+    model: str,
+    num_images: int,
+    seed: int | None,
+    label: int | str | None,
+    parameters: Mapping[str, Any],
+    accept: str | None = None,
+) -> _Call:
+    body: dict[str, Any] = {"num_images": num_images, "parameters": dict(parameters)}
+    # Absent rather than null: the server then picks them, and says which in its answer.
+    if seed is not None:
+        body["seed"] = seed
+    if label is not None:
+        body["label"] = label
+    return _json_call(f"{_model_path(model)}:generate", body, accept)
+
+
+def _is_clip_list(frames: Frames) -> bool:
+    """Whether `frames` holds several clips (sequences of frames) rather than one clip's frames."""
+    return bool(frames) and all(isinstance(f, list | tuple) for f in frames)
+
+
+def _video_call(model: str, clips: Images | None, frames: Frames | None, parameters: Mapping[str, ParamValue]) -> _Call:
+    """Encoded clips and clips given as still frames; the answer lists clips first, then frame clips."""
+    if clips is None and frames is None:
+        raise ValueError("give clips, frames, or both")
+    loaded = _load(clips) if clips is not None else []
+    groups: list[list[tuple[bytes, str]]] = []
+    if frames is not None:
+        listed: list[Any] = list(frames)
+        for group in listed if _is_clip_list(frames) else [listed]:
+            groups.append(_load(list(group)))
+    path = f"{_model_path(model)}:predict"
+    if len(groups) <= 1:
+        # Multipart carries one clip of `frame` parts at most: the ingress adds it after the `video` parts.
+        parts = [("video", name, data) for data, name in loaded]
+        parts += [("frame", name, data) for group in groups for data, name in group]
+        fields = {name: _field(value) for name, value in parameters.items()}
+        return _multipart_call(path, fields, parts)
+    instances: list[dict[str, Any]] = [{"b64": _b64(data)} for data, _ in loaded]
+    instances += [{"frames": [_b64(data) for data, _ in group]} for group in groups]
+    return _json_call(path, {"instances": instances, "parameters": dict(parameters)})
+
+
+def _feature(spec: FeatureSpec) -> dict[str, Any]:
+    """A feature in the API's form: {"model", "parameters"}."""
+    if isinstance(spec, str):
+        return {"model": spec, "parameters": {}}
+    if isinstance(spec, tuple):
+        model, parameters = spec
+        return {"model": model, "parameters": dict(parameters)}
+    if not isinstance(spec.get("model"), str):
+        raise ValueError(f"a feature needs a model name: {spec!r}")
+    return {"model": spec["model"], "parameters": dict(spec.get("parameters") or {})}
+
+
+def _annotate_call(requests: Sequence[AnnotateItem]) -> _Call:
+    if not requests:
+        raise ValueError("no images given")
+    items: list[dict[str, Any]] = []
+    for image, features in requests:
+        if isinstance(features, str):
+            raise ValueError(f"features must be a list, not the string {features!r}")
+        if not features:
+            raise ValueError("every image needs at least one feature")
+        ((data, _),) = _load(image)
+        items.append({"image": {"b64": _b64(data)}, "features": [_feature(f) for f in features]})
+    return _json_call("/v1/images:annotate", {"requests": items})
+
+
 def _predict_json_call(model: str, images: Images, parameters: Mapping[str, Any] | None) -> _Call:
-    instances = [{"b64": base64.b64encode(data).decode("ascii")} for data, _ in _load(images)]
-    body = json.dumps({"instances": instances, "parameters": dict(parameters or {})}).encode()
-    return _Call("POST", f"{_model_path(model)}:predict", content=body, headers={"Content-Type": "application/json"})
+    instances = [{"b64": _b64(data)} for data, _ in _load(images)]
+    return _json_call(f"{_model_path(model)}:predict", {"instances": instances, "parameters": dict(parameters or {})})
 
 
 def _infer_call(model: str, images: Images, version: str | None) -> _Call:
@@ -371,6 +475,25 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _invalid(response, "the server's answer is not a JSON object")
     return body
+
+
+class GeneratedPng(NamedTuple):
+    """One generated image as PNG bytes, with the seed (and label) that reproduce it."""
+
+    png: bytes
+    seed: int
+    label: str | None
+
+
+def _generated_png(response: httpx.Response) -> GeneratedPng:
+    media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "image/png":
+        raise _invalid(response, f"expected an image/png answer, got {media or 'no content type'}")
+    try:
+        seed = int(response.headers["x-seed"])
+    except (KeyError, ValueError):
+        raise _invalid(response, "the PNG answer has no valid X-Seed header") from None
+    return GeneratedPng(response.content, seed, response.headers.get("x-label"))
 
 
 def _model_list(response: httpx.Response) -> list[dict[str, Any]]:
@@ -500,10 +623,15 @@ class VisionClient(_Base):
         timeout: float | httpx.Timeout | None = 60.0,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
+        limits: httpx.Limits | None = None,
     ) -> None:
         super().__init__(base_url, api_key, timeout, retry)
         self._client = httpx.Client(
-            base_url=base_url, headers=self._headers(api_key), timeout=self._timeout, transport=transport
+            base_url=base_url,
+            headers=self._headers(api_key),
+            timeout=self._timeout,
+            transport=transport,
+            limits=limits or httpx.Limits(),
         )
 
     def _send(self, call: _Call, *, retry: bool = True) -> httpx.Response:
@@ -535,13 +663,51 @@ class VisionClient(_Base):
             self.retry.sleep(delay)
 
     def predict(self, model: str, images: Images, top_k: int | None = None, **parameters: ParamValue) -> dict[str, Any]:
-        """Predict on one image (raw body) or several (multipart); one prediction per image, in order."""
+        """Predict on one image (raw body) or several (multipart), any task; one prediction per image, in order."""
         params = parameters if top_k is None else {"top_k": top_k, **parameters}
         return _json_object(self._send(_predict_call(model, images, params)))
 
     def predict_json(self, model: str, images: Images, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Predict through the JSON form: base64 instances plus shared parameters."""
         return _json_object(self._send(_predict_json_call(model, images, parameters)))
+
+    def predict_video(
+        self, model: str, clips: Images | None = None, frames: Frames | None = None, **parameters: ParamValue
+    ) -> dict[str, Any]:
+        """Classify video clips: encoded clips (MP4, WebM, GIF, ...) and/or clips given as still frames."""
+        return _json_object(self._send(_video_call(model, clips, frames, parameters)))
+
+    def generate(
+        self,
+        model: str,
+        num_images: int = 1,
+        seed: int | None = None,
+        label: int | str | None = None,
+        **parameters: Any,
+    ) -> dict[str, Any]:
+        """Generate images; the answer's `seed` reproduces them, its `images` hold base64 PNGs."""
+        return _json_object(self._send(_generate_call(model, num_images, seed, label, parameters)))
+
+    def generate_png(
+        self, model: str, seed: int | None = None, label: int | str | None = None, **parameters: Any
+    ) -> GeneratedPng:
+        """Generate one image as raw PNG bytes (Accept: image/png), with its seed and label."""
+        return _generated_png(self._send(_generate_call(model, 1, seed, label, parameters, accept="image/png")))
+
+    def explain(
+        self,
+        model: str,
+        images: Images,
+        target: str | None = None,
+        target_index: int | None = None,
+        alpha: float | None = None,
+    ) -> dict[str, Any]:
+        """Explanation maps of a classifier's decision: one heatmap and overlay per image, in order."""
+        return _json_object(self._send(_explain_call(model, images, target, target_index, alpha)))
+
+    def annotate(self, requests: Sequence[AnnotateItem]) -> dict[str, Any]:
+        """Several models on each image: [(image, [model | (model, params) | feature dict]), ...]."""
+        return _json_object(self._send(_annotate_call(requests)))
 
     def models(self) -> list[dict[str, Any]]:
         """The catalogue entries this key may use."""
@@ -586,10 +752,15 @@ class AsyncVisionClient(_Base):
         timeout: float | httpx.Timeout | None = 60.0,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        limits: httpx.Limits | None = None,
     ) -> None:
         super().__init__(base_url, api_key, timeout, retry)
         self._client = httpx.AsyncClient(
-            base_url=base_url, headers=self._headers(api_key), timeout=self._timeout, transport=transport
+            base_url=base_url,
+            headers=self._headers(api_key),
+            timeout=self._timeout,
+            transport=transport,
+            limits=limits or httpx.Limits(),
         )
 
     async def _send(self, call: _Call, *, retry: bool = True) -> httpx.Response:
@@ -623,7 +794,7 @@ class AsyncVisionClient(_Base):
     async def predict(
         self, model: str, images: Images, top_k: int | None = None, **parameters: ParamValue
     ) -> dict[str, Any]:
-        """Predict on one image (raw body) or several (multipart); one prediction per image, in order."""
+        """Predict on one image (raw body) or several (multipart), any task; one prediction per image, in order."""
         params = parameters if top_k is None else {"top_k": top_k, **parameters}
         return _json_object(await self._send(_predict_call(model, images, params)))
 
@@ -632,6 +803,44 @@ class AsyncVisionClient(_Base):
     ) -> dict[str, Any]:
         """Predict through the JSON form: base64 instances plus shared parameters."""
         return _json_object(await self._send(_predict_json_call(model, images, parameters)))
+
+    async def predict_video(
+        self, model: str, clips: Images | None = None, frames: Frames | None = None, **parameters: ParamValue
+    ) -> dict[str, Any]:
+        """Classify video clips: encoded clips (MP4, WebM, GIF, ...) and/or clips given as still frames."""
+        return _json_object(await self._send(_video_call(model, clips, frames, parameters)))
+
+    async def generate(
+        self,
+        model: str,
+        num_images: int = 1,
+        seed: int | None = None,
+        label: int | str | None = None,
+        **parameters: Any,
+    ) -> dict[str, Any]:
+        """Generate images; the answer's `seed` reproduces them, its `images` hold base64 PNGs."""
+        return _json_object(await self._send(_generate_call(model, num_images, seed, label, parameters)))
+
+    async def generate_png(
+        self, model: str, seed: int | None = None, label: int | str | None = None, **parameters: Any
+    ) -> GeneratedPng:
+        """Generate one image as raw PNG bytes (Accept: image/png), with its seed and label."""
+        return _generated_png(await self._send(_generate_call(model, 1, seed, label, parameters, accept="image/png")))
+
+    async def explain(
+        self,
+        model: str,
+        images: Images,
+        target: str | None = None,
+        target_index: int | None = None,
+        alpha: float | None = None,
+    ) -> dict[str, Any]:
+        """Explanation maps of a classifier's decision: one heatmap and overlay per image, in order."""
+        return _json_object(await self._send(_explain_call(model, images, target, target_index, alpha)))
+
+    async def annotate(self, requests: Sequence[AnnotateItem]) -> dict[str, Any]:
+        """Several models on each image: [(image, [model | (model, params) | feature dict]), ...]."""
+        return _json_object(await self._send(_annotate_call(requests)))
 
     async def models(self) -> list[dict[str, Any]]:
         """The catalogue entries this key may use."""

@@ -134,12 +134,68 @@ class FakeApi:
             refused = self._refusal(model, request)
             if refused is not None:
                 return refused
-            count = len(seen.parts) or 1
+            # As the ingress counts: each image or video part is an input, all frame parts one clip.
+            count = sum(name != "frame" for name, *_ in seen.parts) + any(name == "frame" for name, *_ in seen.parts)
+            count = count or 1
             if seen.content_type == "application/json":
                 count = len(json_body(seen)["instances"])
             prediction = {"labels": [{"label": "7", "index": 7, "score": 0.9}]}
             body = {"model": model, "model_version": "1", "weights": "t", "predictions": [prediction] * count}
             return JSONResponse(body, headers=RATE_HEADERS)
+
+        @app.post("/v1/models/{model}:generate")
+        async def generate(model: str, request: Request) -> Response:
+            seen = await self._record(model, request)
+            refused = self._refusal(model, request)
+            if refused is not None:
+                return refused
+            body = json_body(seen)
+            seed = body.get("seed", 4242)
+            label = str(body.get("label", 3))
+            if request.headers.get("accept") == "image/png":
+                return Response(PNG, media_type="image/png", headers={"X-Seed": str(seed), "X-Label": label})
+            image = {"image": base64.b64encode(PNG).decode(), "label": label, "index": int(label)}
+            return JSONResponse(
+                {
+                    "model": model,
+                    "model_version": "1",
+                    "weights": "t",
+                    "seed": seed,
+                    "images": [image] * body["num_images"],
+                }
+            )
+
+        @app.post("/v1/models/{model}:explain")
+        async def explain(model: str, request: Request) -> Response:
+            seen = await self._record(model, request)
+            refused = self._refusal(model, request)
+            if refused is not None:
+                return refused
+            b64 = base64.b64encode(PNG).decode()
+            explanation = {"label": "7", "index": 7, "score": 0.9, "method": "grad_cam", "heatmap": b64, "overlay": b64}
+            body = {
+                "model": model,
+                "model_version": "1",
+                "weights": "t",
+                "explanations": [explanation] * (len(seen.parts) or 1),
+            }
+            return JSONResponse(body)
+
+        @app.post("/v1/images:annotate")
+        async def annotate(request: Request) -> Response:
+            seen = await self._record("/v1/images:annotate", request)
+            refused = self._refusal("/v1/images:annotate", request)
+            if refused is not None:
+                return refused
+            responses = [
+                {
+                    "features": [
+                        {"model": f["model"], "model_version": "1", "result": {"labels": []}} for f in r["features"]
+                    ]
+                }
+                for r in json_body(seen)["requests"]
+            ]
+            return JSONResponse({"responses": responses})
 
         @app.get("/v1/models")
         async def list_models(request: Request) -> Response:
@@ -306,6 +362,21 @@ class AsyncAsSync:
 
     def predict_json(self, model: str, images: Images, parameters: dict[str, Any] | None = None) -> Any:
         return self._run("predict_json", model, images, parameters)
+
+    def predict_video(self, model: str, clips: Any = None, frames: Any = None, **parameters: ParamValue) -> Any:
+        return self._run("predict_video", model, clips, frames, **parameters)
+
+    def generate(self, model: str, num_images: int = 1, seed: int | None = None, **kwargs: Any) -> Any:
+        return self._run("generate", model, num_images, seed, **kwargs)
+
+    def generate_png(self, model: str, seed: int | None = None, label: int | str | None = None) -> Any:
+        return self._run("generate_png", model, seed, label)
+
+    def explain(self, model: str, images: Images, **kwargs: Any) -> Any:
+        return self._run("explain", model, images, **kwargs)
+
+    def annotate(self, requests: Any) -> Any:
+        return self._run("annotate", requests)
 
     def models(self) -> Any:
         return self._run("models")
@@ -655,3 +726,162 @@ def test_no_images_is_refused_before_sending_when_the_list_is_empty() -> None:
     """An empty list never reaches the server."""
     with VisionClient("http://127.0.0.1:9") as client, pytest.raises(ValueError, match="no images"):
         client.predict("digits_cnn", [])
+
+
+# ---- generate, explain, annotate, video --------------------------------------------------
+
+
+def test_generate_sends_count_seed_label_and_parameters_as_json_when_given(api: FakeApi, connect: Connect) -> None:
+    """generate() posts {num_images, seed, label, parameters} and returns the answer's images and seed."""
+    model = api.script("gen")
+    body = connect().generate(model, num_images=3, seed=1234, label=7, truncation=0.5)
+    assert body["seed"] == 1234
+    assert len(body["images"]) == 3
+    assert base64.b64decode(body["images"][0]["image"]) == PNG
+    (seen,) = api.seen[model]
+    assert seen.content_type == "application/json"
+    assert json_body(seen) == {"num_images": 3, "seed": 1234, "label": 7, "parameters": {"truncation": 0.5}}
+
+
+def test_generate_leaves_seed_and_label_to_the_server_when_not_given(api: FakeApi, connect: Connect) -> None:
+    """No null seed or label on the wire: the server picks them and says which."""
+    model = api.script("gen")
+    assert connect().generate(model)["seed"] == 4242
+    assert json_body(api.seen[model][0]) == {"num_images": 1, "parameters": {}}
+
+
+def test_generate_png_returns_bytes_seed_and_label_after_retrying_when_overloaded(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """Accept: image/png gives the raw PNG with X-Seed and X-Label; a 503 first is waited out."""
+    model = api.script("png", Reply(503, {"Retry-After": "1"}, "overloaded"))
+    png, seed, label = connect().generate_png(model, seed=8, label="2")
+    assert (png, seed, label) == (PNG, 8, "2")
+    assert sleeps.delays == [1.0]
+    assert len(api.seen[model]) == 2
+    assert json_body(api.seen[model][-1]) == {"num_images": 1, "seed": 8, "label": "2", "parameters": {}}
+
+
+def test_generate_png_is_an_invalid_response_when_the_server_answers_json() -> None:
+    """A JSON answer to Accept: image/png is refused rather than returned as bytes."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"seed": 1, "images": []}))
+    with VisionClient("http://maas.invalid", transport=transport) as client, pytest.raises(ApiError) as caught:
+        client.generate_png("digits_dcgan")
+    assert caught.value.code == "invalid_response"
+    assert "image/png" in caught.value.message
+
+
+def test_generate_error_maps_to_api_error_when_parameters_are_invalid(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """A 422 from :generate is raised at once with its code and message."""
+    model = api.script("gen", Reply(422, code="invalid_parameters"))
+    with pytest.raises(ApiError) as caught:
+        connect().generate(model, num_images=2)
+    assert (caught.value.status, caught.value.code, caught.value.message) == (422, "invalid_parameters", "scripted 422")
+    assert sleeps.delays == []
+
+
+def test_explain_sends_target_and_alpha_as_query_or_fields_when_given(api: FakeApi, connect: Connect) -> None:
+    """One image: raw body and query string; several: image parts and form fields; unset ones are absent."""
+    client = connect()
+    model = api.script("explain")
+    one = client.explain(model, PNG, target="7", alpha=0.25)
+    assert one["explanations"][0]["method"] == "grad_cam"
+    assert api.seen[model][0].query == {"target": "7", "alpha": "0.25"}
+    assert api.seen[model][0].body == PNG
+
+    model = api.script("explain")
+    several = client.explain(model, [PNG, JPEG], target_index=3)
+    assert len(several["explanations"]) == 2
+    (seen,) = api.seen[model]
+    assert [part[0] for part in seen.parts] == ["image", "image"]
+    assert seen.fields == {"target_index": "3"}
+
+
+def test_annotate_builds_features_from_every_friendly_form_and_retries_when_rate_limited(
+    api: FakeApi, connect: Connect, sleeps: Sleeps, tmp_path: Path
+) -> None:
+    """Names, (model, params) pairs and feature dicts all become {"model", "parameters"}; images go as base64."""
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(JPEG)
+    api.scripts["/v1/images:annotate"] = [Reply(429, {"Retry-After": "2"}, "rate_limited")]
+    body = connect().annotate(
+        [
+            (PNG, ["digits_cnn", ("digits_detector", {"score_threshold": 0.3})]),
+            (path, [{"model": "digits_segmenter", "parameters": {"min_fraction": 0.1}}]),
+        ]
+    )
+    assert [[f["model"] for f in r["features"]] for r in body["responses"]] == [
+        ["digits_cnn", "digits_detector"],
+        ["digits_segmenter"],
+    ]
+    assert sleeps.delays == [2.0]
+    sent = json_body(api.seen["/v1/images:annotate"][-1])["requests"]
+    assert [base64.b64decode(r["image"]["b64"]) for r in sent] == [PNG, JPEG]
+    assert sent[0]["features"] == [
+        {"model": "digits_cnn", "parameters": {}},
+        {"model": "digits_detector", "parameters": {"score_threshold": 0.3}},
+    ]
+    assert sent[1]["features"] == [{"model": "digits_segmenter", "parameters": {"min_fraction": 0.1}}]
+
+
+@pytest.mark.parametrize(
+    ("requests", "message"),
+    [([], "no images"), ([(PNG, [])], "at least one feature"), ([(PNG, "digits_cnn")], "must be a list")],
+)
+def test_annotate_is_refused_before_sending_when_the_requests_are_malformed(requests: list[Any], message: str) -> None:
+    """No image, no feature, or a bare string as the feature list are caller errors."""
+    with VisionClient("http://127.0.0.1:9") as client, pytest.raises(ValueError, match=message):
+        client.annotate(requests)
+
+
+def test_video_clips_and_frames_go_as_video_and_frame_parts_when_one_frame_clip(api: FakeApi, connect: Connect) -> None:
+    """Encoded clips become `video` parts, one clip's still frames `frame` parts in order, params fields."""
+    mp4 = b"\x00\x00\x00\x18ftypisom" + b"mp4-data"
+    model = api.script("video")
+    body = connect().predict_video(model, clips=[mp4], frames=[PNG, JPEG, PNG], top_k=2)
+    assert len(body["predictions"]) == 2
+    (seen,) = api.seen[model]
+    assert [(name, data) for name, _, _, data in seen.parts] == [
+        ("video", mp4),
+        ("frame", PNG),
+        ("frame", JPEG),
+        ("frame", PNG),
+    ]
+    assert seen.fields == {"top_k": "2"}
+
+
+def test_video_frame_clips_go_as_json_instances_when_several(api: FakeApi, connect: Connect) -> None:
+    """Several clips of frames need the JSON form: one {"frames": [...]} instance per clip, after the clips."""
+    gif = b"GIF89a" + b"frames"
+    model = api.script("video")
+    body = connect().predict_video(model, clips=gif, frames=[[PNG, PNG], (JPEG,)], top_k=1)
+    assert len(body["predictions"]) == 3
+    sent = json_body(api.seen[model][0])
+    assert sent["parameters"] == {"top_k": 1}
+    decoded = [
+        base64.b64decode(i["b64"]) if "b64" in i else [base64.b64decode(f) for f in i["frames"]]
+        for i in sent["instances"]
+    ]
+    assert decoded == [gif, [PNG, PNG], [JPEG]]
+
+
+def test_video_is_refused_before_sending_when_neither_clips_nor_frames() -> None:
+    """predict_video needs something to classify."""
+    with VisionClient("http://127.0.0.1:9") as client, pytest.raises(ValueError, match="clips, frames"):
+        client.predict_video("moving_digits_lstm")
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation", "denoising"])
+def test_predict_returns_any_tasks_json_unchanged_when_the_model_is_not_a_classifier(task: str) -> None:
+    """predict() is task-agnostic: the answer's JSON comes back as it is."""
+    predictions = {
+        "detection": {"detections": [{"label": "1", "index": 1, "score": 0.9, "box": [1.0, 2.0, 3.0, 4.0]}]},
+        "segmentation": {"mask": "iVBO", "mask_format": "png", "size": [8, 8], "classes": []},
+        "denoising": {"image": "iVBO", "size": [8, 8]},
+    }
+    answer = {"model": task, "model_version": "1", "weights": "t", "predictions": [predictions[task]]}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    with VisionClient("http://maas.invalid", transport=transport) as client:
+        assert client.predict(task, PNG) == answer
