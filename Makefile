@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= deployments/serve_config.yaml
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: serve test lint venv clean train k8s
+.PHONY: serve test lint venv clean train k8s browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,17 +20,24 @@ serve: $(STAMP)  ## run the server on http://127.0.0.1:8000 (Ctrl-C stops it and
 	@$(BIN)/python -m deployments.announce $(CONFIG) &
 	$(BIN)/serve run $(CONFIG)
 
-test: $(STAMP)  ## the whole suite: lint, types, unit, integration
+test: $(STAMP) browser  ## the whole suite: lint, types, unit, integration, browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+browser:  ## Debian's Chromium for the playground's browser tests (Playwright's own download needs the internet)
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
 k8s: $(STAMP)  ## re-render k8s/rayservice.yaml from the chart (a test fails when it is stale)
 	$(BIN)/python k8s/render.py
 
-train: $(STAMP)  ## retrain the bundled weights (reproducible, seeded)
-	$(BIN)/python -m models.training.train_digits_cnn
+TRAINED := digits_cnn digits_detector digits_segmenter digits_dcgan digits_denoiser photo_denoiser moving_digits_lstm
+
+train: $(STAMP)  ## retrain every bundled model (seeded); then sign: python -m models.manifest sign models/weights --key KEY
+	for model in $(TRAINED); do $(BIN)/python -m models.training.train_$$model || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
 import pytest
 import torchvision
@@ -13,6 +17,9 @@ from safetensors.torch import save_file
 
 from models import manifest
 from models.training.data import digits_split, render_digit
+
+if TYPE_CHECKING:
+    from tests.serve_cluster import ServeCluster
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
@@ -56,3 +63,35 @@ def photo_jpeg() -> bytes:
     from sklearn.datasets import load_sample_image
 
     return encode(Image.fromarray(load_sample_image("china.jpg")), "JPEG", quality=90)
+
+
+# ---- the session's real Serve app, shared by tests/integration and tests/e2e ----------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ServeCluster]:
+    import ray
+    from ray import serve
+
+    from tests.serve_cluster import MAIN_APP, ServeCluster, default_app_config, free_port
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        serve_cluster = ServeCluster(free_port())
+        serve_cluster.deploy({MAIN_APP: default_app_config()})
+        yield serve_cluster
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_url(cluster: ServeCluster) -> str:
+    return cluster.url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60.0) as http:
+        yield http

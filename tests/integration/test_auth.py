@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from deployments.auth import hash_key
-from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
+from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
 
 KEYS = {name: "vmk_" + secrets.token_urlsafe(32) for name in ("admin", "digits", "limited", "quota")}
 
@@ -32,7 +32,7 @@ def secured(cluster: ServeCluster, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     keys_file = tmp_path_factory.mktemp("keys") / "keys.json"
     keys_file.write_text(json.dumps(store))
-    app = default_app_config()
+    app = default_app_config(only=CORE_MODELS)
     app["route_prefix"] = "/secured"
     app["args"]["auth"] = {"enabled": True, "keys_file": str(keys_file)}
     main = cluster.apps[MAIN_APP]

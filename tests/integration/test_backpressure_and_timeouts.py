@@ -14,11 +14,11 @@ from PIL import Image
 from ray import serve
 
 from tests.conftest import encode
-from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
+from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
 
 
 def _app(prefix: str, deployment: dict[str, Any], limits: dict[str, Any] | None = None) -> dict[str, Any]:
-    app = default_app_config()
+    app = default_app_config(only=CORE_MODELS)
     app["route_prefix"] = prefix
     app["args"] = {"models": [{"name": "digits_cnn"}], "limits": limits or {}, "auth": {"enabled": False}}
     app["deployments"] = [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.1}}, deployment]

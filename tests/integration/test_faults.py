@@ -25,7 +25,7 @@ from PIL import Image
 
 from maas import ApiError, RetryPolicy, VisionClient
 from tests.conftest import encode
-from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
+from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
 
 pytestmark = pytest.mark.slow
 APP = "faults"
@@ -91,7 +91,7 @@ def replica_pids(app: str, deployment: str) -> list[int]:
 def fault_app(max_queued_requests: int = 2000, prefix: str = "/faults") -> dict[str, Any]:
     """Two ingress replicas (as the chart runs them) and one model replica whose queue holds
     requests while a killed replica is replaced, rather than shedding them."""
-    app = default_app_config()
+    app = default_app_config(only=CORE_MODELS)
     app["route_prefix"] = prefix
     app["args"]["models"] = [{"name": "digits_cnn"}]
     app["deployments"] = [

@@ -29,14 +29,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import encode
-from tests.integration.conftest import MAIN_APP, default_app_config
+from tests.integration.conftest import CORE_MODELS, MAIN_APP, default_app_config
 from tests.security.corpus import CorpusCase, generate, mutations
 
 MODEL = "digits_cnn"
 PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"
 REPLICA_TITLE = f"ServeReplica:{MAIN_APP}:{MODEL}"
-REQUEST_TIMEOUT_S = float(default_app_config()["args"]["limits"]["request_timeout_s"])
+REQUEST_TIMEOUT_S = float(default_app_config(only=CORE_MODELS)["args"]["limits"]["request_timeout_s"])
 MAX_GROWTH_BYTES = 200 * 1024 * 1024
 WORKERS = 4  # a 2-core CI machine: enough to overlap network and decoding, no more
 FUZZ_COUNT = 300
@@ -250,7 +250,7 @@ def test_mutated_digit_images_never_get_a_server_error_when_fuzzed(
 def test_streamed_body_is_refused_when_it_exceeds_the_body_limit_without_a_length(
     http: httpx.Client, baseline: ReplicaState, request: pytest.FixtureRequest
 ) -> None:
-    limit = int(default_app_config()["args"]["limits"]["max_body_bytes"])
+    limit = int(default_app_config(only=CORE_MODELS)["args"]["limits"]["max_body_bytes"])
     block = random.Random(1).randbytes(1024 * 1024)
 
     def chunks() -> Iterator[bytes]:

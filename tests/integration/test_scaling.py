@@ -11,7 +11,7 @@ import httpx
 import pytest
 from ray import serve
 
-from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
+from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
 
 
 def deployment_options(app: dict[str, Any], name: str) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def test_reconfigure_changes_batch_size_live_without_restarting_the_replica(
 def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(
     cluster: ServeCluster, digit_pngs: list[tuple[bytes, int]]
 ) -> None:
-    scaling = default_app_config()
+    scaling = default_app_config(only=CORE_MODELS)
     scaling["route_prefix"] = "/scaling"
     scaling["args"]["models"] = [{"name": "digits_cnn"}]
     scaling["deployments"] = [

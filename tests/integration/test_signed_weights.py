@@ -10,13 +10,13 @@ import pytest
 
 from models.weights import sha256_file
 from tests.conftest import signed_weights
-from tests.integration.conftest import MAIN_APP, ServeCluster, default_app_config
+from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
 
 
 def signed_app(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     """An app serving squeezenet1_1 from a signed weights directory, signatures required."""
     path, key_file = signed_weights(tmp_path)
-    app = default_app_config()
+    app = default_app_config(only=CORE_MODELS)
     app["route_prefix"] = "/signed"
     app["args"]["models"] = [{"name": "squeezenet1_1", "weights": str(path), "sha256": sha256_file(path)}]
     app["args"]["artifacts"] = {"require_signatures": True, "public_keys_file": str(key_file)}
