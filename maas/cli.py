@@ -239,11 +239,11 @@ def _error_json(error: ApiError) -> dict[str, Any]:
     return {"status": error.status, "code": error.code, "message": error.message}
 
 
-def _table(*columns: str) -> Table:
+def _table(*columns: str, whole_first: bool = False) -> Table:
     table = Table(show_lines=False)
     for index, name in enumerate(columns):
-        # The first column names a model or a file: never split or cut it, however narrow the terminal.
-        table.add_column(name, overflow="fold", no_wrap=index == 0, min_width=None)
+        # `whole_first`: the first column holds short identifiers (model names) that must stay whole.
+        table.add_column(name, overflow="fold", no_wrap=whole_first and index == 0)
     return table
 
 
@@ -584,7 +584,7 @@ def models(settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(entries))
         return
-    table = _table("name", "task", "weights", "version", "batching")
+    table = _table("name", "task", "weights", "version", "batching", whole_first=True)
     for entry in entries:
         source = _weights(entry.get("weights"))
         _row(

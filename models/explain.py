@@ -148,7 +148,10 @@ def _feature_maps(module: nn.Module, layer: str | None = None) -> Iterator[list[
         if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1:
             last[:] = [output]
 
-    watched = [module.get_submodule(layer)] if layer else list(module.modules())
+    try:
+        watched = [module.get_submodule(layer)] if layer else list(module.modules())
+    except AttributeError:
+        raise ExplanationError(f"the model has no layer {layer!r} to explain with") from None
     handles = [m.register_forward_hook(hook) for m in watched]
     try:
         yield last

@@ -34,7 +34,9 @@ def chromium_path() -> str | None:
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in the main
+# thread while it is open, which would break every later test that runs a loop of its own.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless system Chromium for the session; requested before the cluster, so a skip is cheap."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")

@@ -108,10 +108,20 @@ def test_list_models_describes_every_served_model(client: httpx.Client) -> None:
     response = client.get("/v1/models")
     assert response.status_code == 200
     models = {m["name"]: m for m in response.json()["models"]}
-    assert set(models) == {"digits_cnn", "resnet18"}
+    assert set(models) == {
+        "digits_cnn",
+        "digits_detector",
+        "digits_segmenter",
+        "digits_dcgan",
+        "digits_denoiser",
+        "photo_denoiser",
+        "moving_digits_lstm",
+        "resnet18",
+    }
     digits = models["digits_cnn"]
     assert digits["task"] == "classification"
-    assert digits["input"] == {"size": [28, 28], "channels": 1, "mode": "L"}
+    assert digits["input"] == {"size": [28, 28], "channels": 1, "mode": "L", "shape": [1, 28, 28]}
+    assert models["moving_digits_lstm"]["input"]["shape"] == [16, 1, 48, 48]
     assert digits["labels"] == [str(d) for d in range(10)]
     assert digits["weights"]["source"] == "bundled"
     assert digits["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}

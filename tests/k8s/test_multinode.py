@@ -107,7 +107,7 @@ def multinode_cluster() -> Iterator[tuple[str, dict[str, str]]]:
                 [
                     f"--address=127.0.0.1:{gcs}",
                     "--node-ip-address=127.0.0.1",
-                    "--num-cpus=4",
+                    "--num-cpus=12",  # logical: the chart gives each of the 7 small models a whole CPU
                     "--disable-usage-stats",
                     *_node_ports(),
                 ],
@@ -161,6 +161,7 @@ def test_rendered_serve_config_answers_on_a_multi_node_cluster_with_replicas_on_
 
     assert len(report["worker_nodes"]) == 1
     replicas = report["replicas"]  # actor name SERVE_REPLICA::<app>#<deployment>#<id> -> node id
-    assert {name.split("#")[1] for name in replicas} == {"Ingress", "digits_cnn", "RateLimiter"}
+    served = {m["name"] for m in config["applications"][0]["args"]["models"]}
+    assert {name.split("#")[1] for name in replicas} == {"Ingress", "RateLimiter", *served}
     assert set(replicas.values()) == {report["worker_nodes"][0]}  # models, ingress and rate limiter
     assert report["head_node"] not in replicas.values()

@@ -376,8 +376,10 @@ def test_model_without_a_spatial_map_is_an_explanation_error_not_a_value_error(
 ) -> None:
     spec, _ = digits_served
     module = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).eval()
-    with pytest.raises(ExplanationError, match="no spatial feature map"):
+    with pytest.raises(ExplanationError, match=r"no layer 'features\.5'"):
         explain_image(spec, module, Image.new("L", (32, 32), 255))
+    with pytest.raises(ExplanationError, match="no spatial feature map"):
+        explain_image(dataclasses.replace(spec, explain_layer=None), module, Image.new("L", (32, 32), 255))
     assert not issubclass(ExplanationError, ValueError)  # a server fault, not a bad request
 
 
