@@ -383,6 +383,16 @@ class Ingress:
         finally:
             await form.close()
 
+    async def _json_body(self, request: Request, schema: type[ParamsT]) -> ParamsT:
+        """A JSON body read under the size cap: 400 when it is not JSON, 422 when its values are wrong."""
+        body = await read_body(request, self._limits.max_body_bytes)
+        try:
+            return schema.model_validate_json(body)
+        except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise BadRequest("request body is not valid JSON") from None
+            raise InvalidParameters(describe_validation_error(exc)) from None
+
     def _decode_shared(self, data: bytes) -> np.ndarray:
         limits = ImageLimits(max_bytes=self._limits.max_image_bytes, max_pixels=self._limits.max_image_pixels)
         return np.asarray(decode_image(data, "RGB", limits))
@@ -443,12 +453,12 @@ class Ingress:
         "/v1/models/{model}:generate",
         response_model=schemas.GenerateResponse,
         responses={**schemas.ERROR_RESPONSES, 200: {"content": {"image/png": {}}}, 406: schemas.ERROR_406},
+        openapi_extra=schemas.json_request_body(schemas.GenerateBody),
         summary="Generate images (generative models)",
     )
-    async def generate(
-        self, model: str, request: Request, body: schemas.GenerateBody, key: str | None = CREDENTIAL
-    ) -> Response:
+    async def generate(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         card = self._card(model)
+        body = await self._json_body(request, schemas.GenerateBody)
         _, headers = await self._authorize(key, model)
         if card.task != "generation":
             raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
@@ -491,10 +501,12 @@ class Ingress:
         "/v1/images:annotate",
         response_model=schemas.AnnotateResponse,
         responses=schemas.ERROR_RESPONSES,
+        openapi_extra=schemas.json_request_body(schemas.AnnotateBody),
         summary="Several models on each of several images; errors reported per feature",
     )
-    async def annotate(self, body: schemas.AnnotateBody, key: str | None = CREDENTIAL) -> Response:
+    async def annotate(self, request: Request, key: str | None = CREDENTIAL) -> Response:
         tenant, headers = await self._authorize(key, None)
+        body = await self._json_body(request, schemas.AnnotateBody)
         if len(body.requests) > self._limits.max_annotate_images:
             raise PayloadTooLarge(
                 f"{len(body.requests)} images in one request; the limit is {self._limits.max_annotate_images}"

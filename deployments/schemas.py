@@ -360,6 +360,11 @@ V2_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An OpenAPI JSON request body for a route that parses its body itself (to answer 400, never 500)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(model)}}}}
+
+
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 PREDICT_REQUEST_BODY: dict[str, Any] = {
     "requestBody": {

@@ -32,7 +32,7 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def scrape_until(
-    client: httpx.Client, ready: list[str], timeout_s: float = 60.0
+    client: httpx.Client, ready: list[str], png: bytes, timeout_s: float = 120.0
 ) -> list[tuple[str, dict[str, str], float]]:
     """Scrape /metrics until every name in `ready` has a sample (Ray exports every few seconds)."""
     deadline = time.monotonic() + timeout_s
@@ -75,6 +75,7 @@ def _traffic_then_scrape(
             "ray_vision_maas_preprocess_ms_count",
             "ray_vision_maas_batch_execution_ms_count",
         ],
+        digit_pngs[0][0],
     )
 
 
