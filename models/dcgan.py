@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from models import weights as wsrc
+from models.images import png_base64
 from models.registry import ModelSpec, Preprocess, Task, TensorSpec, WeightsInfo, register
 
 LATENT_DIM = 64
@@ -144,13 +143,6 @@ def generation_forward(module: nn.Module, inputs: Sequence[torch.Tensor]) -> lis
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(1, H, W) float image in [0, 1] -> (H, W) uint8 pixels, rounded."""
     return (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).squeeze(0).numpy()
-
-
-def png_base64(img: Image.Image) -> str:
-    """A PIL image as base64-encoded PNG bytes (ASCII), for JSON results."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def generation_postprocess(outputs: Sequence[Any], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from models import weights as wsrc
-from models.dcgan import png_base64
+from models.images import png_base64
 from models.registry import ModelSpec, Postprocess, Preprocess, Task, TensorSpec, WeightsInfo, register
 
 DIGITS_SIZE = 28

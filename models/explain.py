@@ -23,10 +23,8 @@ Concurrent use of the same module during a call is the caller's to prevent.
 
 from __future__ import annotations
 
-import base64
 import difflib
 import inspect
-import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -38,6 +36,7 @@ from torch import nn
 from torch.nn import functional
 from torchvision.models import VisionTransformer
 
+from models.images import png_base64
 from models.registry import Affine, ModelSpec
 
 Method = Literal["grad_cam", "attention_rollout"]
@@ -96,12 +95,6 @@ def to_original(heat: np.ndarray, size: tuple[int, int], affine: Affine | None) 
         size, Image.Transform.AFFINE, data=invert_affine(affine), resample=Image.Resampling.BILINEAR, fillcolor=0.0
     )
     return np.asarray(canvas, dtype=np.float32)
-
-
-def _png_b64(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _resolve_target(spec: ModelSpec, target: int | str | None) -> int | None:
@@ -295,7 +288,7 @@ def explain_image(
         "index": index,
         "score": score,
         "method": method,
-        "heatmap": _png_b64(heatmap),
-        "overlay": _png_b64(overlay),
+        "heatmap": png_base64(heatmap),
+        "overlay": png_base64(overlay),
         "size": [image.width, image.height],
     }

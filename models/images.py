@@ -9,6 +9,7 @@ input is answered 4xx and never reaches the HTTP layer as an unexplained 500.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import struct
@@ -251,3 +252,10 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert(mode)
+
+
+def png_base64(img: Image.Image) -> str:
+    """A PIL image as base64-encoded PNG bytes (ASCII), for JSON results."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

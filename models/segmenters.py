@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +17,7 @@ from torchvision.transforms.v2 import functional as tvf
 
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, build_torchvision, make_preprocess, resolve_weights_choice
+from models.images import png_base64
 from models.registry import ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
 
 MASK_FORMAT = "png;mode=L;value=class_index"
@@ -70,12 +69,6 @@ def _image_size(params: Mapping[str, Any], default: tuple[int, int]) -> tuple[in
     return int(value[0]), int(value[1])
 
 
-def _png_base64(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def segment_result(class_map: torch.Tensor, params: Mapping[str, Any], categories: Sequence[str]) -> dict[str, Any]:
     """One image's answer: its class-index mask at the original size and the classes it shows."""
     min_fraction = _min_fraction(params)
@@ -88,7 +81,7 @@ def segment_result(class_map: torch.Tensor, params: Mapping[str, Any], categorie
     present = [i for i in np.flatnonzero(counts).tolist() if fractions[i] >= min_fraction]
     present.sort(key=lambda i: (-fractions[i], i))
     return {
-        "mask": _png_base64(mask),
+        "mask": png_base64(mask),
         "mask_format": MASK_FORMAT,
         "size": list(size),
         "classes": [{"label": categories[i], "index": i, "fraction": float(fractions[i])} for i in present],
