@@ -111,6 +111,9 @@ class ImageModel:
 
     def check_health(self) -> None:
         """Raise if the replica can no longer serve (Serve then replaces it)."""
+        # A gauge recorded once, while the replica starts, can be missing from the node's export
+        # (seen on a busy CI node); the periodic health check records it again so it is always there.
+        self._metrics.load_seconds.set(self._load_seconds)
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 

@@ -31,19 +31,46 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
+Want = tuple[str, dict[str, str], float]
+PREDICT = "/v1/models/{model}:predict"
+# The series the tests below read, each with the least value it must reach. Waiting for these
+# exact series (not just their names, which earlier tests may already have exported) is what
+# makes the scrape see this module's own traffic.
+WANTED: list[Want] = [
+    ("ray_vision_maas_requests_total", {"model": "digits_cnn", "route": PREDICT, "status": "200"}, 5),
+    ("ray_vision_maas_requests_total", {"model": "unknown", "route": PREDICT, "status": "404"}, 1),
+    ("ray_vision_maas_request_latency_ms_count", {"model": "digits_cnn", "route": PREDICT}, 5),
+    ("ray_vision_maas_batch_size_count", {"model": "digits_cnn"}, 5),
+    ("ray_vision_maas_queue_wait_ms_count", {"model": "digits_cnn"}, 5),
+    ("ray_vision_maas_preprocess_ms_count", {"model": "digits_cnn"}, 5),
+    ("ray_vision_maas_batch_execution_ms_count", {"model": "digits_cnn"}, 5),
+    ("ray_vision_maas_model_load_seconds", {"model": "digits_cnn"}, 1e-9),
+    ("ray_vision_maas_ongoing_requests", {"model": "digits_cnn"}, 0),
+]
+
+
 def scrape_until(
-    client: httpx.Client, ready: list[str], png: bytes, timeout_s: float = 120.0
+    client: httpx.Client, wanted: list[Want], png: bytes, timeout_s: float = 180.0
 ) -> list[tuple[str, dict[str, str], float]]:
-    """Scrape /metrics until every name in `ready` has a sample (Ray exports every few seconds)."""
+    """Scrape /metrics until every wanted series reaches its value (Ray exports every few seconds).
+
+    Each round sends one more prediction, so the replica keeps recording while the export catches up.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         response = client.get("/metrics")
         assert response.status_code == 200, response.text
         found = samples(response.text)
-        names = {name for name, _, _ in found}
-        if all(name in names for name in ready) or time.monotonic() > deadline:
+        if all(present(found, *want) for want in wanted) or time.monotonic() > deadline:
             return found
+        client.post("/v1/models/digits_cnn:predict", content=png, headers={"Content-Type": "image/png"})
         time.sleep(2.0)
+
+
+def present(found: list[tuple[str, dict[str, str], float]], name: str, labels: dict[str, str], least: float) -> bool:
+    """Whether the series `name{labels}` was exported with a value of at least `least`."""
+    matching = [v for n, ls, v in found if n == name and all(ls.get(k) == want for k, want in labels.items())]
+    return bool(matching) and sum(matching) >= least
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +93,7 @@ def _traffic_then_scrape(
         client.post("/v1/models/no_such_model:predict", content=b"x", headers={"Content-Type": "image/png"}).status_code
         == 404
     )
-    return scrape_until(
-        client,
-        [
-            "ray_vision_maas_requests_total",
-            "ray_vision_maas_batch_size_count",
-            "ray_vision_maas_queue_wait_ms_count",
-            "ray_vision_maas_preprocess_ms_count",
-            "ray_vision_maas_batch_execution_ms_count",
-        ],
-        digit_pngs[0][0],
-    )
+    return scrape_until(client, WANTED, digit_pngs[0][0])
 
 
 def value(found: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
@@ -84,10 +101,9 @@ def value(found: list[tuple[str, dict[str, str], float]], name: str, **labels: s
 
 
 def test_metrics_count_requests_by_model_route_and_status(scraped: list[tuple[str, dict[str, str], float]]) -> None:
-    route = "/v1/models/{model}:predict"
-    assert value(scraped, "ray_vision_maas_requests_total", model="digits_cnn", route=route, status="200") >= 5
-    assert value(scraped, "ray_vision_maas_requests_total", model="unknown", route=route, status="404") >= 1
-    assert value(scraped, "ray_vision_maas_request_latency_ms_count", model="digits_cnn", route=route) >= 5
+    assert value(scraped, "ray_vision_maas_requests_total", model="digits_cnn", route=PREDICT, status="200") >= 5
+    assert value(scraped, "ray_vision_maas_requests_total", model="unknown", route=PREDICT, status="404") >= 1
+    assert value(scraped, "ray_vision_maas_request_latency_ms_count", model="digits_cnn", route=PREDICT) >= 5
 
 
 def test_metrics_count_rejected_inputs_by_reason(scraped: list[tuple[str, dict[str, str], float]]) -> None:
