@@ -66,6 +66,9 @@ class InferRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str | None = None
+    # Not in the protocol, but KServe's Python SDK sends it with every request; like KServe's
+    # own server, the model is the one the URL names.
+    model_name: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[InferInput] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = None

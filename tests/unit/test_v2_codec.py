@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from kserve.protocol.infer_type import InferInput, InferRequest
 
 from deployments import v2
 from deployments.errors import BadRequest
@@ -70,3 +71,14 @@ def test_binary_output_is_appended_after_the_json_header() -> None:
 def test_classification_extension_formats_score_index_label() -> None:
     rows = v2.classification_output(np.array([[0.2, 0.7, 0.1]], dtype=np.float32), 2, ["cat", "dog", "eel"])
     assert rows == [[b"0.700000:1:dog", b"0.200000:0:cat"]]
+
+
+def test_request_from_kserve_sdk_decodes_when_it_names_its_model() -> None:
+    # KServe's SDK adds `model_name` (not in the protocol) to every request body it sends.
+    tensor = InferInput("image", [2], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"abc", b"de"], dtype=np.object_), binary_data=True)
+    body, length = InferRequest("digits_cnn", [tensor]).to_rest()
+    assert isinstance(body, bytes)
+    request, rest = v2.split_body(body, str(length))
+    assert request.model_name == "digits_cnn"
+    assert v2.decode_inputs(request, rest) == {"image": [b"abc", b"de"]}
