@@ -16,7 +16,7 @@ import numpy as np
 import ray
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
@@ -59,6 +59,11 @@ SERVER_NAME = "vision-maas"
 SERVER_VERSION = "0.1.0"
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 RETRY_AFTER_S = "1"
+# The statuses of the routes that take images or tensors (:predict, :explain, /v2 infer).
+INFER_ERRORS = (400, 401, 403, 404, 408, 413, 415, 422, 429, 503)
+# Each shared by a /v2 route and its /versions/{version} twin.
+V2_MODEL_RESPONSES = schemas.v2_errors(401, 403, 404, 429, 503)
+V2_INFER_RESPONSES = {**schemas.v2_errors(*INFER_ERRORS), 200: schemas.V2_BINARY_INFER_RESPONSE}
 
 app = FastAPI(
     title="vision-maas",
@@ -431,11 +436,12 @@ class Ingress:
     @app.post(
         "/v1/models/{model}:predict",
         response_model=schemas.PredictResponse,
-        responses=schemas.ERROR_RESPONSES,
-        openapi_extra=schemas.PREDICT_REQUEST_BODY,
+        responses=schemas.errors(*INFER_ERRORS),
+        openapi_extra=schemas.PREDICT_OPENAPI,
         summary="Predict on one or more images",
     )
     async def predict(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
+        """Images as a raw body, multipart `image` parts or JSON `instances`; parameters in the query, form or JSON."""
         card = self._card(model)
         _, headers = await self._authorize(key, model)
         if card.task not in schemas.PARAMS_BY_TASK:
@@ -452,11 +458,15 @@ class Ingress:
     @app.post(
         "/v1/models/{model}:generate",
         response_model=schemas.GenerateResponse,
-        responses={**schemas.ERROR_RESPONSES, 200: {"content": {"image/png": {}}}, 406: schemas.ERROR_406},
+        responses={
+            **schemas.errors(400, 401, 403, 404, 406, 408, 413, 422, 429, 503),
+            200: schemas.GENERATED_PNG_RESPONSE,
+        },
         openapi_extra=schemas.json_request_body(schemas.GenerateBody),
         summary="Generate images (generative models)",
     )
     async def generate(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
+        """Base64 PNGs in JSON, or one PNG itself with `Accept: image/png`; the same seed gives the same images."""
         card = self._card(model)
         body = await self._json_body(request, schemas.GenerateBody)
         _, headers = await self._authorize(key, model)
@@ -483,11 +493,12 @@ class Ingress:
     @app.post(
         "/v1/models/{model}:explain",
         response_model=schemas.ExplainResponse,
-        responses=schemas.ERROR_RESPONSES,
-        openapi_extra=schemas.PREDICT_REQUEST_BODY,
+        responses=schemas.errors(*INFER_ERRORS),
+        openapi_extra=schemas.EXPLAIN_OPENAPI,
         summary="Explanation maps of a classifier's decision (Grad-CAM, attention rollout)",
     )
     async def explain(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
+        """Images sent as to :predict; a heatmap and an overlay per image, for the top label or `target`."""
         card = self._card(model)
         _, headers = await self._authorize(key, model)
         if not card.explainable:
@@ -500,11 +511,12 @@ class Ingress:
     @app.post(
         "/v1/images:annotate",
         response_model=schemas.AnnotateResponse,
-        responses=schemas.ERROR_RESPONSES,
+        responses=schemas.errors(400, 401, 413, 422, 429, 503),
         openapi_extra=schemas.json_request_body(schemas.AnnotateBody),
         summary="Several models on each of several images; errors reported per feature",
     )
     async def annotate(self, request: Request, key: str | None = CREDENTIAL) -> Response:
+        """Each image is decoded once and shared by its models; an unknown or refused model fails only its feature."""
         tenant, headers = await self._authorize(key, None)
         body = await self._json_body(request, schemas.AnnotateBody)
         if len(body.requests) > self._limits.max_annotate_images:
@@ -517,9 +529,13 @@ class Ingress:
         return JSONResponse({"responses": list(responses)}, headers=headers)
 
     @app.get(
-        "/v1/models", response_model=schemas.ModelList, responses=schemas.ERROR_RESPONSES, summary="The served models"
+        "/v1/models",
+        response_model=schemas.ModelList,
+        responses=schemas.errors(401, 408, 429, 503),
+        summary="The served models",
     )
     async def list_models(self, key: str | None = CREDENTIAL) -> Response:
+        """Every model the caller's API key may use, read live from its replicas."""
         tenant, headers = await self._authorize(key, None)
         names = [name for name in self._cards if tenant is None or tenant.may_use(name)]
         entries = await asyncio.gather(*(self._call(name, "metadata") for name in names))
@@ -528,25 +544,40 @@ class Ingress:
     @app.get(
         "/v1/models/{model}",
         response_model=schemas.ModelMetadata,
-        responses=schemas.ERROR_RESPONSES,
+        responses=schemas.errors(401, 403, 404, 408, 429, 503),
         summary="One model: task, input, labels, weights, batching",
     )
     async def get_model(self, model: str, key: str | None = CREDENTIAL) -> Response:
+        """The model's catalogue entry, read live from a replica."""
         self._card(model)
         _, headers = await self._authorize(key, model)
         return JSONResponse(await self._call(model, "metadata"), headers=headers)
 
-    @app.get("/", response_class=HTMLResponse, summary="Landing page: links to the playground, docs and catalogue")
+    @app.get(
+        "/",
+        response_class=Response,  # as /metrics: errors are JSON, whatever this route's own media type
+        responses={
+            **schemas.errors(),
+            200: {
+                "description": "HTML",
+                "content": {"text/html": {"schema": {"type": "string"}, "example": LANDING_PAGE}},
+            },
+        },
+        summary="Landing page: links to the playground, docs and catalogue",
+    )
     async def index(self) -> HTMLResponse:
+        """An HTML page linking the playground (/ui/), these docs, the catalogue and the metrics."""
         return HTMLResponse(LANDING_PAGE)
 
     @app.get(
         "/metrics",
-        response_class=PlainTextResponse,
-        responses=schemas.ERROR_RESPONSES,
+        # Plain Response: with PlainTextResponse, FastAPI would document the JSON errors as text/plain.
+        response_class=Response,
+        responses={**schemas.errors(401, 429, 503), 200: schemas.METRICS_RESPONSE},
         summary="Prometheus metrics of this node (Ray, Serve and vision-maas series)",
     )
     async def metrics(self, key: str | None = CREDENTIAL) -> Response:
+        """The Prometheus text format, as scraped from this node's metrics agent."""
         # On a cluster, Prometheus scrapes every node's metrics port; this route shows the
         # ingress's own node, which is every process when running on one machine.
         _, headers = await self._authorize(key, None)
@@ -561,22 +592,42 @@ class Ingress:
         content_type = scraped.headers.get("content-type", "text/plain; version=0.0.4")
         return Response(scraped.content, media_type=content_type, headers=headers)
 
-    @app.get("/healthz", summary="Liveness of the ingress")
-    async def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/healthz", response_model=schemas.HealthStatus, responses=schemas.errors(), summary="Liveness of the ingress"
+    )
+    async def healthz(self) -> Response:
+        """Answers while the ingress runs, whatever the models' state (Kubernetes' liveness probe)."""
+        return JSONResponse({"status": "ok"})
 
     # ---- Open Inference Protocol v2 ---------------------------------------------------
 
-    @app.get("/v2", summary="v2 server metadata")
-    async def v2_server(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data", "classification"]}
+    @app.get(
+        "/v2", response_model=schemas.V2ServerMetadata, responses=schemas.v2_errors(), summary="v2 server metadata"
+    )
+    async def v2_server(self) -> Response:
+        """Server name, version and the protocol extensions it supports."""
+        return JSONResponse(
+            {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data", "classification"]}
+        )
 
-    @app.get("/v2/health/live", summary="v2 server liveness")
-    async def v2_live(self) -> dict[str, bool]:
-        return {"live": True}
+    @app.get(
+        "/v2/health/live",
+        response_model=schemas.V2ServerLive,
+        responses=schemas.v2_errors(),
+        summary="v2 server liveness",
+    )
+    async def v2_live(self) -> Response:
+        """Live while the ingress runs."""
+        return JSONResponse({"live": True})
 
-    @app.get("/v2/health/ready", summary="v2 server readiness: every model answers")
+    @app.get(
+        "/v2/health/ready",
+        response_model=schemas.V2ServerReady,
+        responses={**schemas.v2_errors(), 503: schemas.not_ready_response(schemas.V2ServerReady)},
+        summary="v2 server readiness: every model answers",
+    )
     async def v2_ready(self) -> Response:
+        """Ready when every model answers within 5 s; 503 with `ready: false` otherwise."""
         ready = await asyncio.gather(*(self._model_ready(name) for name in self._cards))
         return JSONResponse({"ready": all(ready)}, status_code=200 if all(ready) else 503)
 
@@ -592,79 +643,108 @@ class Ingress:
             raise ModelNotFound(f"model {model!r} has no version {version!r}; it serves {card.version!r}")
         return card
 
-    @app.get("/v2/models/{model}", responses=schemas.V2_ERROR_RESPONSES, summary="v2 model metadata")
+    @app.get(
+        "/v2/models/{model}",
+        response_model=schemas.V2ModelMetadata,
+        responses=V2_MODEL_RESPONSES,
+        summary="v2 model metadata",
+    )
     @app.get(
         "/v2/models/{model}/versions/{version}",
-        responses=schemas.V2_ERROR_RESPONSES,
+        response_model=schemas.V2ModelMetadata,
+        responses=V2_MODEL_RESPONSES,
         summary="v2 model metadata of a version",
     )
-    async def v2_model(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> dict[str, Any]:
+    async def v2_model(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> Response:
+        """The model's versions and tensors: a request sends any one of its inputs."""
         card = self._v2_card(model, version)
         await self._authorize(key, model)
-        return {
-            "name": card.name,
-            "versions": [card.version],
-            "platform": "pytorch",
-            "inputs": [i.model_dump() for i in card.inputs],
-            "outputs": [o.model_dump() for o in card.outputs],
-        }
+        return JSONResponse(
+            {
+                "name": card.name,
+                "versions": [card.version],
+                "platform": "pytorch",
+                "inputs": [i.model_dump() for i in card.inputs],
+                "outputs": [o.model_dump() for o in card.outputs],
+            }
+        )
 
-    @app.get("/v2/models/{model}/ready", responses=schemas.V2_ERROR_RESPONSES, summary="v2 model readiness")
+    @app.get(
+        "/v2/models/{model}/ready",
+        response_model=schemas.V2ModelReady,
+        responses=schemas.V2_MODEL_READY_RESPONSES,
+        summary="v2 model readiness",
+    )
     @app.get(
         "/v2/models/{model}/versions/{version}/ready",
-        responses=schemas.V2_ERROR_RESPONSES,
+        response_model=schemas.V2ModelReady,
+        responses=schemas.V2_MODEL_READY_RESPONSES,
         summary="v2 model readiness of a version",
     )
     async def v2_model_ready(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> Response:
+        """Ready when the model answers within 5 s; 503 with `ready: false` otherwise."""
         card = self._v2_card(model, version)
         await self._authorize(key, model)
         ready = await self._model_ready(card.name)
         return JSONResponse({"name": card.name, "ready": ready}, status_code=200 if ready else 503)
 
-    @app.get("/v2/models/{model}/config", responses=schemas.V2_ERROR_RESPONSES, summary="Triton model configuration")
-    async def v2_model_config(self, model: str, key: str | None = CREDENTIAL) -> dict[str, Any]:
+    @app.get(
+        "/v2/models/{model}/config",
+        response_model=schemas.V2ModelConfig,
+        responses=schemas.v2_errors(401, 403, 404, 408, 429, 503),
+        summary="Triton model configuration",
+    )
+    async def v2_model_config(self, model: str, key: str | None = CREDENTIAL) -> Response:
+        """Triton's model configuration (batch size read live from a replica), for tritonclient and perf_analyzer."""
         card = self._card(model)
         await self._authorize(key, model)
         meta = await self._call(model, "metadata")
-        return {
-            "name": card.name,
-            "platform": "pytorch",
-            "max_batch_size": meta["batching"]["max_batch_size"],
-            "input": [
-                {"name": i.name, "data_type": _triton_type(i.datatype), "dims": list(i.shape[1:]) or [1]}
-                for i in card.inputs
-            ],
-            "output": [
-                {"name": o.name, "data_type": f"TYPE_{o.datatype}", "dims": list(o.shape[1:])} for o in card.outputs
-            ],
-        }
+        return JSONResponse(
+            {
+                "name": card.name,
+                "platform": "pytorch",
+                "max_batch_size": meta["batching"]["max_batch_size"],
+                "input": [
+                    {"name": i.name, "data_type": _triton_type(i.datatype), "dims": list(i.shape[1:]) or [1]}
+                    for i in card.inputs
+                ],
+                "output": [
+                    {"name": o.name, "data_type": f"TYPE_{o.datatype}", "dims": list(o.shape[1:])} for o in card.outputs
+                ],
+            }
+        )
 
     @app.get(
         "/v2/models/{model}/stats",
-        responses=schemas.V2_ERROR_RESPONSES,
+        response_model=schemas.V2ModelStats,
+        responses=schemas.v2_errors(401, 403, 404, 408, 429, 503),
         summary="Triton statistics of the replica that answers",
     )
-    async def v2_model_stats(self, model: str, key: str | None = CREDENTIAL) -> dict[str, Any]:
+    async def v2_model_stats(self, model: str, key: str | None = CREDENTIAL) -> Response:
+        """Inputs and batches executed by the replica that answers, by batch size."""
         card = self._card(model)
         await self._authorize(key, model)
         stats = await self._call(model, "stats")
-        return {"model_stats": [{"name": card.name, "version": card.version, **stats}]}
+        return JSONResponse({"model_stats": [{"name": card.name, "version": card.version, **stats}]})
 
     @app.post(
         "/v2/models/{model}/infer",
-        responses=schemas.V2_ERROR_RESPONSES,
+        response_model=schemas.V2InferResponse,
+        responses=V2_INFER_RESPONSES,
         openapi_extra=schemas.V2_INFER_REQUEST_BODY,
         summary="v2 inference (JSON or binary tensor data)",
     )
     @app.post(
         "/v2/models/{model}/versions/{version}/infer",
-        responses=schemas.V2_ERROR_RESPONSES,
+        response_model=schemas.V2InferResponse,
+        responses=V2_INFER_RESPONSES,
         openapi_extra=schemas.V2_INFER_REQUEST_BODY,
         summary="v2 inference on a version",
     )
     async def v2_infer(
         self, model: str, request: Request, version: str | None = None, key: str | None = CREDENTIAL
     ) -> Response:
+        """Inputs as JSON tensors or binary tensor data; outputs likewise, or top-k `classification` strings."""
         card = self._v2_card(model, version)
         _, auth_headers = await self._authorize(key, model)
         body = await read_body(request, self._limits.max_body_bytes)

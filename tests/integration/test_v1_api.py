@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from deployments.ingress import app
 from models.images import decode_image
 from models.registry import get_spec
 from tests.conftest import encode
@@ -158,6 +159,11 @@ def test_openapi_document_lists_every_route(client: httpx.Client) -> None:
     content = paths["/v1/models/{model}:predict"]["post"]["requestBody"]["content"]
     assert {"image/jpeg", "image/png", "image/webp", "multipart/form-data", "application/json"} <= set(content)
     assert client.get("/docs").status_code == 200
+
+
+def test_served_openapi_document_is_the_one_checked_without_a_server(client: httpx.Client) -> None:
+    # tests/unit/test_openapi.py audits app.openapi(); Serve must serve that document unchanged.
+    assert client.get("/openapi.json").json() == app.openapi()
 
 
 # ---- errors: one JSON shape, exact statuses ---------------------------------------------
