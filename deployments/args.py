@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# models.backends.BACKENDS (not imported: this module must not load torch; a test checks they agree).
+Backend = Literal["eager", "channels_last", "onnx", "int8"]
 
 
 class _Strict(BaseModel):
@@ -19,6 +22,13 @@ class BatchConfig(_Strict):
 
     max_batch_size: int = Field(8, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
+    target_p99_ms: float | None = Field(
+        None,
+        gt=0.0,
+        le=600000.0,
+        description="When set, the batch cap adapts (AIMD, up to max_batch_size) to hold this p99 latency "
+        "of the replica's items; see deployments/batching.py.",
+    )
 
 
 class ModelArgs(_Strict):
@@ -31,6 +41,11 @@ class ModelArgs(_Strict):
         description="Registry default if omitted; `random`; a torchvision weights name; or a file path.",
     )
     sha256: str | None = Field(None, description="Required pin for a weights file.")
+    backend: Backend = Field(
+        "eager",
+        description="Inference backend of a classifier: `eager` PyTorch, `channels_last`, `onnx` (ONNX Runtime) "
+        "or `int8` (dynamic quantization of Linear layers, CPU); see models/backends.py.",
+    )
 
     @field_validator("name", "model")
     @classmethod
@@ -94,7 +109,7 @@ class AppArgs(_Strict):
     @model_validator(mode="after")
     def _unique_and_known(self) -> AppArgs:
         # Imported here so that importing this module (the ingress does) never loads torch.
-        from models.registry import UnknownModel, get_entry
+        from models.registry import Task, UnknownModel, get_entry
 
         seen: set[str] = set()
         for model in self.models:
@@ -102,7 +117,9 @@ class AppArgs(_Strict):
                 raise ValueError(f"model {model.name!r} is configured twice")
             seen.add(model.name)
             try:
-                get_entry(model.registry_key)
+                entry = get_entry(model.registry_key)
             except UnknownModel as exc:
                 raise ValueError(f"model {model.name!r}: {exc}") from None
+            if model.backend != "eager" and entry.task != Task.CLASSIFICATION:
+                raise ValueError(f"model {model.name!r}: backend {model.backend!r} runs classifiers only")
         return self

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import secrets
 import time
 from collections import Counter, defaultdict
@@ -22,8 +23,10 @@ from ray import serve
 from deployments import v2
 from deployments.args import ArtifactsArgs, BatchConfig, LimitsArgs, ModelArgs
 from deployments.artifacts import verify_weights
+from deployments.batching import SloBatchController
 from deployments.errors import InvalidParameters
 from deployments.telemetry import ModelMetrics
+from models.backends import apply_backend
 from models.images import ImageError, ImageLimits, decode_image
 from models.registry import ModelSpec, Task, get_spec
 from models.video_io import VideoLimits, decode_clip, decode_frames
@@ -35,8 +38,17 @@ _Prepared = TypeVar("_Prepared")
 logger = logging.getLogger("ray.serve")
 
 
+THREADS_ENV = "VISION_MAAS_TORCH_THREADS"
+
+
 def _replica_threads() -> int:
-    """Torch intra-op threads = the CPUs Ray assigned to this replica (at least one)."""
+    """Torch intra-op threads = the CPUs Ray assigned to this replica (at least one).
+
+    `VISION_MAAS_TORCH_THREADS` in the replica's environment (`ray_actor_options.runtime_env.env_vars`)
+    overrides it: several replicas may share cores they each use whole, one at a time (benchmarks).
+    """
+    if os.environ.get(THREADS_ENV):
+        return max(1, int(os.environ[THREADS_ENV]))
     try:
         cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
     except Exception:  # not inside a Ray worker (direct construction in tests)
@@ -81,13 +93,18 @@ class ImageModel:
         use_cuda = torch.cuda.is_available() and bool(ray.get_gpu_ids())
         self._device = torch.device("cuda" if use_cuda else "cpu")
         started = time.perf_counter()
-        self._module = self._spec.build().to(self._device)
+        # Explanations keep the eager module: they need autograd, which ONNX Runtime and int8 lack.
+        self._eager = self._spec.build().to(self._device)
+        self._module = apply_backend(self._eager, self._spec, model.backend)
+        self._backend = model.backend
         self._load_seconds = time.perf_counter() - started
         self._started_at = time.time()
         # One worker: batches run one at a time off the event loop, so the loop keeps
         # decoding incoming requests while the model computes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._batch = BatchConfig()
+        self._controller: SloBatchController | None = None
+        self._last_batch_ms = 0.0
         self._batch_counts: Counter[int] = Counter()
         self._batch_seconds: defaultdict[int, float] = defaultdict(float)
         self._ongoing = 0
@@ -105,8 +122,16 @@ class ImageModel:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""
         self._batch = BatchConfig.model_validate(user_config or {})
+        self._controller = (
+            None
+            if self._batch.target_p99_ms is None
+            else SloBatchController(
+                self._batch.target_p99_ms, self._batch.max_batch_size, self._batch.batch_wait_timeout_s
+            )
+        )
+        cap = self._batch.max_batch_size if self._controller is None else self._controller.cap
         # serve.batch adds these setters to the method; Ray's decorator is untyped.
-        self._forward_batch.set_max_batch_size(self._batch.max_batch_size)  # type: ignore[attr-defined]
+        self._forward_batch.set_max_batch_size(cap)  # type: ignore[attr-defined]
         self._forward_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def check_health(self) -> None:
@@ -120,7 +145,14 @@ class ImageModel:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, items)
+        results = await loop.run_in_executor(self._executor, self._run, items)
+        if self._controller is not None:
+            cap = self._controller.observe(len(items), self._last_batch_ms)
+            if cap is not None:
+                # On the event loop, where serve.batch reads the cap for the next batch.
+                self._forward_batch.set_max_batch_size(cap)  # type: ignore[attr-defined]
+                logger.info("model %s: adaptive batch cap now %d", self._spec.name, cap)
+        return results
 
     def _run(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         """One batched forward pass; each item's output with the size of the batch it ran in."""
@@ -131,6 +163,7 @@ class ImageModel:
             batch = [x.to(self._device, non_blocking=True) for x, _ in items]
             outputs = [_to_cpu(out) for out in self._spec.forward(self._module, batch)]
         seconds = time.perf_counter() - started
+        self._last_batch_ms = seconds * 1000.0
         size = len(items)
         self._batch_counts[size] += 1
         self._batch_seconds[size] += seconds
@@ -316,7 +349,7 @@ class ImageModel:
             call = functools.partial(
                 explain_image,
                 self._spec,
-                self._module,
+                self._eager,
                 image,
                 target=parameters.get("target"),
                 alpha=parameters.get("alpha", 0.5),
@@ -397,9 +430,11 @@ class ImageModel:
             },
             "model_version": spec.weights.version,
             "outputs": [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in spec.outputs],
-            "batching": self._batch.model_dump(),
+            "batching": self._batch.model_dump()
+            | ({} if self._controller is None else {"adaptive_cap": self._controller.cap}),
             "device": str(self._device),
             "threads": self._threads,
+            "backend": self._backend,
             "load_seconds": round(self._load_seconds, 3),
             "started_at": round(self._started_at, 3),
         }
