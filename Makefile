@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= deployments/serve_config.yaml
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: serve test lint venv clean train k8s browser
+.PHONY: serve test lint venv clean train k8s tools bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,16 +20,20 @@ serve: $(STAMP)  ## run the server on http://127.0.0.1:8000 (Ctrl-C stops it and
 	@$(BIN)/python -m deployments.announce $(CONFIG) &
 	$(BIN)/serve run $(CONFIG)
 
-test: $(STAMP) browser  ## the whole suite: lint, types, unit, integration, browser
+test: $(STAMP) tools  ## the whole suite: lint, types, unit, integration, browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-browser:  ## Debian's Chromium for the playground's browser tests (Playwright's own download needs the internet)
-	@command -v chromium >/dev/null || { \
+tools:  ## Debian's Chromium (the playground's browser tests; Playwright's own download needs the internet) and hey (the benchmarks' load generator)
+	@command -v chromium >/dev/null && command -v hey >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium hey; }
+
+BENCH_ARGS ?= --quick
+bench: $(STAMP) tools  ## the benchmark suite (quick by default; BENCH_ARGS= for every model and size); writes benchmarks/results/
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 k8s: $(STAMP)  ## re-render k8s/rayservice.yaml from the chart (a test fails when it is stale)
 	$(BIN)/python k8s/render.py

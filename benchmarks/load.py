@@ -1,0 +1,135 @@
+"""Load generators: `hey` for closed-loop concurrency, an asyncio client for open-loop fixed rates.
+
+Both report their own CPU time: on a 2-core machine the client competes with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+
+def percentiles(latencies_ms: list[float]) -> dict[str, Any]:
+    """p50/p90/p99 and every whole percentile of `latencies_ms` (NaN and empty when there are none)."""
+    if not latencies_ms:
+        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "quantiles_ms": []}
+    quantiles = np.percentile(np.asarray(latencies_ms), np.arange(101))
+    return {
+        "p50_ms": float(quantiles[50]),
+        "p90_ms": float(quantiles[90]),
+        "p99_ms": float(np.percentile(np.asarray(latencies_ms), 99)),
+        # Every percentile, for the latency CDF plots.
+        "quantiles_ms": [round(float(q), 3) for q in quantiles],
+    }
+
+
+def parse_hey_csv(text: str) -> tuple[list[float], int, float]:
+    """(latencies in ms of 2xx responses, non-2xx count, last completion offset in s) from `hey -o csv`."""
+    ok, errors, last = [], 0, 0.0
+    for row in csv.DictReader(io.StringIO(text)):
+        status = int(row["status-code"])
+        if 200 <= status < 300:
+            ok.append(float(row["response-time"]) * 1000.0)
+        else:
+            errors += 1
+        last = max(last, float(row["offset"]) + float(row["response-time"]))
+    return ok, errors, last
+
+
+def hey_binary() -> str:
+    """Path of the `hey` load generator (Debian package `hey`)."""
+    path = shutil.which("hey")
+    if path is None:
+        raise RuntimeError("the benchmarks need `hey` (apt-get install hey)")
+    return path
+
+
+def closed_loop(url: str, body: bytes, content_type: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    """`concurrency` clients each sending the next request as soon as the last answered, for `seconds`."""
+    with tempfile.NamedTemporaryFile(suffix=".body") as file:
+        Path(file.name).write_bytes(body)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        result = subprocess.run(
+            [hey_binary(), "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-T", content_type,
+             "-D", file.name, "-t", "60", "-o", "csv", url],
+            capture_output=True, text=True, timeout=seconds + 120, check=True,
+        )  # fmt: skip
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ok, errors, _ = parse_hey_csv(result.stdout)
+    client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "mode": "closed",
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "ok": len(ok),
+        "errors": errors,
+        "throughput": len(ok) / seconds,
+        "client_cpu_s": client_cpu,
+        "wall_s": wall,
+        **percentiles(ok),
+    }
+
+
+async def _open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(scheduled: float) -> None:
+            nonlocal errors
+            try:
+                async with session.post(url, data=body, headers={"Content-Type": content_type}) as response:
+                    await response.read()
+                    if response.status == 200:
+                        # From the scheduled send time: a server that falls behind is charged for the
+                        # queue it builds (no coordinated omission).
+                        latencies.append((time.perf_counter() - scheduled) * 1000.0)
+                    else:
+                        errors += 1
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
+
+        tasks = []
+        start = time.perf_counter()
+        count = int(rate * seconds)
+        for index in range(count):
+            scheduled = start + index / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled)))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Requests sent at a fixed `rate` per second for `seconds`, whatever the server's pace."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    latencies, errors = asyncio.run(_open_loop(url, body, content_type, rate, seconds))
+    wall = time.perf_counter() - wall0
+    return {
+        "mode": "open",
+        "rate": rate,
+        "seconds": seconds,
+        "ok": len(latencies),
+        "errors": errors,
+        "throughput": len(latencies) / wall,
+        "client_cpu_s": time.process_time() - cpu0,
+        "wall_s": wall,
+        **percentiles(latencies),
+    }

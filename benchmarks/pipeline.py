@@ -1,0 +1,60 @@
+"""One model's whole pipeline in process: decode, preprocess, batched forward, postprocess.
+
+The raw baseline times it in a tight loop (the ceiling a server can reach on the same cores);
+the peer servers wrap the same object, so every server runs the same model code on the same
+images and only the serving machinery differs.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from models.images import decode_image
+from models.registry import ModelSpec, get_spec
+
+# The benchmark models: torchvision's with random weights (the same compute as pretrained),
+# and the bundled digits classifier with its trained weights.
+MODELS = ("resnet18", "resnet50", "mobilenet_v3_large", "digits_cnn")
+Decoder = Literal["server", "pil"]
+
+
+def weights_for(model: str) -> str | None:
+    """The weights a benchmark model runs with: bundled ones where they exist, else random."""
+    return None if model.startswith("digits_") else "random"
+
+
+class Pipeline:
+    """decode + preprocess + forward + postprocess of `model`, as a server would run it."""
+
+    def __init__(self, model: str, decoder: Decoder = "server") -> None:
+        self.spec: ModelSpec = get_spec(model, weights_for(model))
+        self.module = self.spec.build().eval()
+        # "server": vision-maas' own hardened decode (limits, EXIF rotation); "pil": what a
+        # hand-written server does, Image.open(...).convert(mode).
+        self.decoder = decoder
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Image bytes -> a decoded image in the model's mode."""
+        if self.decoder == "server":
+            return decode_image(data, self.spec.image_mode)
+        return Image.open(io.BytesIO(data)).convert(self.spec.image_mode)
+
+    def prepare(self, data: bytes) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One image's model input and its context for postprocess."""
+        img = self.decode(data)
+        return self.spec.preprocess(img), {"image_size": [img.width, img.height]}
+
+    def run(self, prepared: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """One batched forward pass and postprocess: one JSON-able result per input."""
+        with torch.inference_mode():
+            outputs = self.spec.forward(self.module, [tensor for tensor, _ in prepared])
+        return self.spec.postprocess(outputs, [context for _, context in prepared])
+
+    def __call__(self, images: Sequence[bytes]) -> list[dict[str, Any]]:
+        """The whole pipeline on a batch of encoded images."""
+        return self.run([self.prepare(data) for data in images])

@@ -1,0 +1,181 @@
+"""Results as markdown tables (figures and the targets they meet or miss) and PNG plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+PEERS = ("fastapi", "litserve", "rayserve-minimal")
+
+
+def _closed(server: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted((r for r in server["rows"] if r["mode"] == "closed"), key=lambda r: r["step"])
+
+
+def saturation(server: dict[str, Any]) -> dict[str, Any]:
+    """The closed-loop step with the highest median throughput."""
+    return max(_closed(server), key=lambda r: r["throughput"])
+
+
+def at_concurrency(server: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
+    """The closed-loop step at `concurrency`, if it was measured."""
+    return next((r for r in _closed(server) if r["step"] == concurrency), None)
+
+
+def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
+    """(target, measured, bar, met) for each target the case's servers allow computing."""
+    servers = case["servers"]
+    raw = {r["batch"]: r for r in case["raw"]}
+    out: list[tuple[str, float, str, bool]] = []
+    if "vision-maas" not in servers:
+        return out
+    ours = saturation(servers["vision-maas"])
+    best_raw = max(raw.values(), key=lambda r: r["images_per_s"])
+    efficiency = ours["throughput"] / best_raw["images_per_s"]
+    out.append(("served / raw throughput at saturation", efficiency, ">= 0.90", efficiency >= 0.90))
+    cpu = ours["server_cpu_ms_per_image"] / best_raw["cpu_ms_per_image"]
+    out.append(("server CPU-ms per image / raw", cpu, "<= 1.11", cpu <= 1.11))
+    one = at_concurrency(servers["vision-maas"], 1)
+    if one is not None and 1 in raw:
+        overhead = one["p50_ms"] - raw[1]["batch_p50_ms"]
+        out.append(("p50 at concurrency 1 minus raw single image (ms)", overhead, "<= 3", overhead <= 3.0))
+    if "vision-maas-nobatch" in servers:
+        off = servers["vision-maas-nobatch"]
+        gain = ours["throughput"] / saturation(off)["throughput"]
+        out.append(("batching on / off throughput", gain, ">= 1.2", gain >= 1.2))
+        on1, off1 = at_concurrency(servers["vision-maas"], 1), at_concurrency(off, 1)
+        if on1 is not None and off1 is not None:
+            delta = on1["p50_ms"] - off1["p50_ms"]
+            bar = max(0.05 * off1["p50_ms"], 2.0)
+            out.append(("batching on - off p50 at concurrency 1 (ms)", delta, f"<= {bar:.1f}", delta <= bar))
+    for peer, need in zip(PEERS, (1.3, 1.1, 1.0), strict=True):
+        if peer in servers:
+            # At equal or better p99: our best step whose p99 is no worse than the peer's at its
+            # saturation, against the peer's saturation throughput.
+            theirs = saturation(servers[peer])
+            fair = [r for r in _closed(servers["vision-maas"]) if r["p99_ms"] <= theirs["p99_ms"]]
+            mine = max(fair, key=lambda r: r["throughput"], default=None)
+            ratio = (mine["throughput"] if mine else 0.0) / theirs["throughput"]
+            label = f"throughput / {peer} at p99 <= {theirs['p99_ms']:.0f} ms"
+            met = ratio >= need if peer != "rayserve-minimal" else ratio > 1.0
+            out.append((label, ratio, f">= {need}" if peer != "rayserve-minimal" else "> 1.0", met))
+    return out
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def case_markdown(case: dict[str, Any]) -> str:
+    """The tables of one (model, image size) case."""
+    lines = [f"### {case['model']}, {case['size']} JPEG", ""]
+    lines += ["| raw pipeline | images/s | CPU-ms/image | batch p50 ms |", "|---|---:|---:|---:|"]
+    for r in case["raw"]:
+        lines.append(
+            f"| batch {r['batch']}, {r['threads']} threads | {_fmt(r['images_per_s'])} | "
+            f"{_fmt(r['cpu_ms_per_image'])} | {_fmt(r['batch_p50_ms'])} |"
+        )
+    lines += [
+        "",
+        "| server | saturation images/s (at c) | p50 ms c=1 | p99 ms at saturation | server CPU-ms/image "
+        "| client CPU s | errors | cold start s | RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, server in case["servers"].items():
+        sat = saturation(server)
+        one = at_concurrency(server, 1)
+        errors = sum(r["errors"] for r in server["rows"])
+        rss = sum(server["rss_bytes"].values()) / 2**20
+        lines.append(
+            f"| {name} | {_fmt(sat['throughput'])} ({sat['step']:g}) | {_fmt(one['p50_ms'] if one else math.nan)} | "
+            f"{_fmt(sat['p99_ms'])} | {_fmt(sat['server_cpu_ms_per_image'])} | {_fmt(sat['client_cpu_s'])} | "
+            f"{errors:g} | {_fmt(server['cold_start_s'])} | {_fmt(rss, 0)} |"
+        )
+    sweep = sorted({r["step"] for s in case["servers"].values() for r in _closed(s)})
+    lines += ["", "| images/s by concurrency | " + " | ".join(f"{c:g}" for c in sweep) + " |"]
+    lines.append("|---|" + "---:|" * len(sweep))
+    for name, server in case["servers"].items():
+        by = {r["step"]: r for r in _closed(server)}
+        lines.append(f"| {name} | " + " | ".join(_fmt(by[c]["throughput"]) if c in by else "-" for c in sweep) + " |")
+    opened = [(n, r) for n, s in case["servers"].items() for r in s["rows"] if r["mode"] == "open"]
+    if opened:
+        lines += [
+            "",
+            "| open loop | rate (x saturation) | images/s | p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in opened:
+            lines.append(
+                f"| {name} | {_fmt(r['rate'])} ({r['step']:g}) | {_fmt(r['throughput'])} | {_fmt(r['p50_ms'])} | "
+                f"{_fmt(r['p99_ms'])} | {r['errors']:g} |"
+            )
+    rows = targets(case)
+    if rows:
+        lines += ["", "| target | measured | bar | met |", "|---|---:|---|---|"]
+        lines += [f"| {t} | {_fmt(v, 2)} | {bar} | {'yes' if ok else 'NO'} |" for t, v, bar, ok in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(case: dict[str, Any], out: Path) -> list[Path]:
+    """Throughput vs concurrency per server, and each server's latency CDF at its saturation step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = f"{case['model']}_{case['size']}"
+    title = f"{case['model']}, {case['size']} JPEG"
+
+    def save(fig: Any, ax: Any, xlabel: str, ylabel: str, what: str, path: Path) -> Path:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}: {what}")
+        ax.legend()
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, server in case["servers"].items():
+        rows = _closed(server)
+        ax.plot([r["step"] for r in rows], [r["throughput"] for r in rows], marker="o", label=name)
+    ax.axhline(max(r["images_per_s"] for r in case["raw"]), color="black", linestyle="--", label="raw pipeline")
+    ax.set_xscale("log", base=2)
+    throughput = save(fig, ax, "concurrent clients", "images/s", "throughput", out / f"{stem}_throughput.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, server in case["servers"].items():
+        step = saturation(server)["step"]
+        last = next((r for r in server["runs"][-1]["rows"] if r["mode"] == "closed" and r["concurrency"] == step), None)
+        if last and last["quantiles_ms"]:
+            ax.plot(last["quantiles_ms"], [q / 100 for q in range(101)], label=f"{name} (c={step:g})")
+    ax.set_xscale("log")
+    cdf = save(
+        fig, ax, "latency ms", "fraction of requests", "latency CDF at saturation", out / f"{stem}_latency_cdf.png"
+    )
+    return [throughput, cdf]
+
+
+def write(results: dict[str, Any], out: Path) -> str:
+    """results.md and the plots in `out`; returns the markdown."""
+    m = results["machine"]
+    text = [
+        "# Benchmark results",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, GPU: {m['gpu'] or 'none'}; "
+        f"Python {m['python']}, torch {m['torch']}. Started {results['started']}; settings: "
+        + ", ".join(f"{k}={v}" for k, v in results["settings"].items())
+        + ".",
+        "",
+        "Medians over interleaved repeats. Server CPU is every process of the server (Ray's own included).",
+        "",
+    ]
+    for case in results["cases"]:
+        text.append(case_markdown(case))
+        for path in plot(case, out):
+            text.append(f"![{path.stem}]({path.name})")
+        text.append("")
+    markdown = "\n".join(text)
+    (out / "results.md").write_text(markdown)
+    return markdown

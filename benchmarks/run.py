@@ -1,0 +1,168 @@
+"""The benchmark suite in one command: raw baseline, then every server under the same load.
+
+    python -m benchmarks.run --quick        # resnet18, 640x480, a short sweep (under 10 minutes)
+    python -m benchmarks.run                # every model and size, 3 interleaved repeats
+
+Writes benchmarks/results/results.json, results.md and the plots; prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from benchmarks import report
+from benchmarks.images import SIZES, jpeg_images
+from benchmarks.load import closed_loop, open_loop
+from benchmarks.pipeline import MODELS
+from benchmarks.servers import SERVERS, Running, make_server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": psutil.cpu_count(logical=True),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def raw(model: str, size: str, batch: int, threads: int, seconds: float) -> dict[str, Any]:
+    """The raw pipeline, in its own process (nothing else loaded, as clean as the servers get)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.raw", "--model", model, "--size", size, "--batch", str(batch),
+         "--threads", str(threads), "--seconds", str(seconds)],
+        capture_output=True, text=True, check=True, timeout=seconds + 300,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_server(name: str, model: str, size: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """Start one server, sweep the closed-loop concurrencies, then the open-loop rates; stop it."""
+    server = make_server(name, model, args.port, args.threads, args.max_batch_size, args.batch_wait_s)
+    image = jpeg_images(size)[0]
+    body, content_type = server.body(image)
+    running = Running(server, logs / f"{name}-{model}-{size}.log")
+    try:
+        cold_start_s = running.wait_ready(image)
+        closed_loop(server.url, body, content_type, 8, args.warmup_s)
+        rows = []
+        for concurrency in args.concurrency:
+            cpu0 = running.cpu_seconds()
+            row = closed_loop(server.url, body, content_type, concurrency, args.step_s)
+            row["server_cpu_ms_per_image"] = (running.cpu_seconds() - cpu0) * 1000.0 / max(row["ok"], 1)
+            rows.append(row)
+        saturation = max(row["throughput"] for row in rows)
+        for fraction in args.open_loop:
+            cpu0 = running.cpu_seconds()
+            row = open_loop(server.url, body, content_type, max(saturation * fraction, 0.5), args.step_s)
+            row["fraction_of_saturation"] = fraction
+            row["server_cpu_ms_per_image"] = (running.cpu_seconds() - cpu0) * 1000.0 / max(row["ok"], 1)
+            rows.append(row)
+        rss = running.rss_bytes()
+    finally:
+        running.stop()
+    return {"server": name, "cold_start_s": cold_start_s, "rows": rows, "rss_bytes": rss}
+
+
+def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per step (concurrency or rate fraction), the median of every figure over the repeats."""
+    steps: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run["rows"]:
+            key = (row["mode"], row.get("concurrency", row.get("fraction_of_saturation", 0.0)))
+            steps.setdefault(key, []).append(row)
+    out = []
+    for (mode, step), rows in steps.items():
+        merged: dict[str, Any] = {"mode": mode, "step": step, "repeats": len(rows)}
+        for field, value in rows[0].items():
+            if isinstance(value, int | float) and field not in ("concurrency", "fraction_of_saturation"):
+                merged[field] = statistics.median(float(r[field]) for r in rows)
+        out.append(merged)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="resnet18, 640x480, 4 steps of 4 s, 1 repeat")
+    parser.add_argument("--models", nargs="+", choices=MODELS)
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES))
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument("--concurrency", nargs="+", type=int)
+    parser.add_argument("--open-loop", nargs="*", type=float, help="rates as fractions of the saturation throughput")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--step-s", type=float)
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--raw-s", type=float, help="seconds of each raw-pipeline measurement")
+    parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=True) or 1)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    parser.add_argument("--port", type=int, default=8190)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    quick = args.quick
+    args.models = args.models or (["resnet18"] if quick else list(MODELS))
+    args.sizes = args.sizes or (["640x480"] if quick else sorted(SIZES))
+    args.concurrency = args.concurrency or ([1, 4, 16, 32] if quick else [1, 2, 4, 8, 16, 32, 64])
+    args.open_loop = args.open_loop if args.open_loop is not None else [0.5, 0.9]
+    args.repeats = args.repeats or (1 if quick else 3)
+    args.step_s = args.step_s or (4.0 if quick else 10.0)
+    raw_s = args.raw_s or (4.0 if quick else 10.0)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = args.out / "logs"
+    logs.mkdir(exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cases": [],
+    }
+    for model in args.models:
+        for size in args.sizes:
+            case: dict[str, Any] = {"model": model, "size": size, "raw": [], "servers": {}}
+            for batch in sorted({1, args.max_batch_size}):
+                case["raw"].append(raw(model, size, batch, args.threads, raw_s))
+                print(f"raw {model} {size} batch {batch}: {case['raw'][-1]['images_per_s']:.1f} images/s", flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.servers}
+            for repeat in range(args.repeats):
+                # Interleaved: each repeat starts with a different server, so drift on a shared
+                # machine spreads over all of them.
+                order = args.servers[repeat % len(args.servers) :] + args.servers[: repeat % len(args.servers)]
+                for name in order:
+                    run = bench_server(name, model, size, args, logs)
+                    runs[name].append(run)
+                    best = max(row["throughput"] for row in run["rows"] if row["mode"] == "closed")
+                    print(f"{name} {model} {size} repeat {repeat}: {best:.1f} images/s", flush=True)
+            for name, server_runs in runs.items():
+                case["servers"][name] = {
+                    "cold_start_s": statistics.median(r["cold_start_s"] for r in server_runs),
+                    "rss_bytes": server_runs[-1]["rss_bytes"],
+                    "rows": median_rows(server_runs),
+                    "runs": server_runs,
+                }
+            results["cases"].append(case)
+            # Written after every case, so a long run that is stopped keeps what it measured.
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    markdown = report.write(results, args.out)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
