@@ -365,6 +365,7 @@ _MODEL_METADATA_EXAMPLE: dict[str, Any] = {
     "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005},
     "device": "cpu",
     "threads": 1,
+    "backend": "eager",
     "load_seconds": 0.412,
     "started_at": 1767225600.0,
 }
@@ -386,6 +387,7 @@ class ModelMetadata(BaseModel):
     batching: dict[str, Any]
     device: str
     threads: int
+    backend: str = Field("eager", description="Inference backend: eager, channels_last, onnx or int8.")
     load_seconds: float
     started_at: float = Field(description="Unix time the answering replica finished loading.")
 
