@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from models.backends import apply_backend
 from models.images import decode_image
 from models.registry import ModelSpec, get_spec
 
@@ -31,9 +32,10 @@ def weights_for(model: str) -> str | None:
 class Pipeline:
     """decode + preprocess + forward + postprocess of `model`, as a server would run it."""
 
-    def __init__(self, model: str, decoder: Decoder = "server") -> None:
+    def __init__(self, model: str, decoder: Decoder = "server", backend: str = "eager") -> None:
         self.spec: ModelSpec = get_spec(model, weights_for(model))
-        self.module = self.spec.build().eval()
+        # Eager PyTorch, or an optional backend as a replica configured with it runs (benchmarks/backends.py).
+        self.module = apply_backend(self.spec.build().eval(), self.spec, backend)
         # "server": vision-maas' own hardened decode (limits, EXIF rotation); "pil": what a
         # hand-written server does, Image.open(...).convert(mode).
         self.decoder = decoder

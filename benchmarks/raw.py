@@ -17,10 +17,10 @@ from benchmarks.images import SIZES, jpeg_images
 from benchmarks.pipeline import MODELS, Pipeline
 
 
-def measure(model: str, size: str, batch: int, threads: int, seconds: float) -> dict[str, Any]:
+def measure(model: str, size: str, batch: int, threads: int, seconds: float, backend: str = "eager") -> dict[str, Any]:
     """Run batches of `batch` images through the pipeline for `seconds`; throughput and cost."""
     torch.set_num_threads(threads)
-    pipeline = Pipeline(model)
+    pipeline = Pipeline(model, backend=backend)
     images = jpeg_images(size)
     batches = [[images[(i * batch + j) % len(images)] for j in range(batch)] for i in range(len(images))]
     for warm in batches[:2]:
@@ -37,6 +37,7 @@ def measure(model: str, size: str, batch: int, threads: int, seconds: float) -> 
     count = done * batch
     return {
         "model": model,
+        "backend": backend,
         "size": size,
         "batch": batch,
         "threads": threads,
