@@ -140,6 +140,10 @@ def test_torchvision_preprocessing_is_the_one_of_the_weights() -> None:
     spec = get_spec("resnet18", weights="random")
     weights = torchvision.models.ResNet18_Weights.DEFAULT
     img = _photo()
-    expected = weights.transforms()(torch.as_tensor(np.array(img)).permute(2, 0, 1))
-    assert torch.equal(spec.preprocess(img), expected)
+    preset = weights.transforms()
+    expected = preset(torch.as_tensor(np.array(img)).permute(2, 0, 1))
+    # The same steps on transforms v2's uint8 kernels: within one intensity level (test_preprocess.py).
+    got = spec.preprocess(img)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= 1.01 / 255.0 / min(preset.std)
     assert spec.categories == tuple(weights.meta["categories"])

@@ -1,0 +1,180 @@
+"""Fast-path measurements: decoders and resizers, payload sizes between deployments, thread layout.
+
+    python -m benchmarks.fastpath --model resnet18 --seconds 5
+
+Each variant produces the same model input as the served pipeline (the weights' resize, crop
+and normalisation); the table says what each costs per image on one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as tvf
+from PIL import Image
+from torchvision.io import decode_jpeg
+from torchvision.models import ResNet18_Weights
+
+from benchmarks.images import jpeg_images
+from benchmarks.pipeline import weights_for
+from models.images import decode_image
+from models.registry import get_spec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def upscaled(data: bytes, size: tuple[int, int]) -> bytes:
+    """A bigger JPEG of the same photo (phone-camera sizes, where draft decoding matters)."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def variants(resize: int, crop: int) -> dict[str, Callable[[bytes], torch.Tensor]]:
+    """Name -> JPEG bytes to a normalised CHW float tensor, each a different route."""
+    spec = get_spec("resnet18", weights_for("resnet18"))
+    preset = ResNet18_Weights.DEFAULT.transforms()
+
+    def before(data: bytes) -> torch.Tensor:  # the weights' own preset: transforms v1 resizes in float
+        result: torch.Tensor = preset(tvf.pil_to_tensor(decode_image(data, "RGB")))
+        return result
+
+    def served(data: bytes) -> torch.Tensor:  # what vision-maas runs: the same steps on uint8 kernels
+        return spec.preprocess(decode_image(data, "RGB"))
+
+    def _finish(chw_uint8: torch.Tensor) -> torch.Tensor:
+        chw_uint8 = tvf.resize(chw_uint8, [resize], antialias=True)
+        chw_uint8 = tvf.center_crop(chw_uint8, [crop])
+        normalised: torch.Tensor = tvf.normalize(tvf.to_dtype(chw_uint8, torch.float32, scale=True), MEAN, STD)
+        return normalised
+
+    def pil_draft(data: bytes) -> torch.Tensor:
+        img = Image.open(io.BytesIO(data))
+        # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 while both sides stay >= the resize target.
+        width, height = img.size
+        scale = resize / min(width, height)
+        img.draft("RGB", (int(width * scale), int(height * scale)))
+        return _finish(tvf.pil_to_tensor(img.convert("RGB")))
+
+    def torchvision_decode(data: bytes) -> torch.Tensor:
+        return _finish(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
+
+    def pil_resize(data: bytes) -> torch.Tensor:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        width, height = img.size
+        scale = resize / min(width, height)
+        img = img.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        chw = tvf.center_crop(tvf.pil_to_tensor(img), [crop])
+        normalised: torch.Tensor = tvf.normalize(tvf.to_dtype(chw, torch.float32, scale=True), MEAN, STD)
+        return normalised
+
+    return {
+        "PIL decode, weights preset (v1 resize in float)": before,
+        "served: PIL decode, v2 uint8 resize": served,
+        "PIL draft decode, v2 uint8 resize": pil_draft,
+        "torchvision.io.decode_jpeg, v2 uint8 resize": torchvision_decode,
+        "PIL decode, PIL resize": pil_resize,
+    }
+
+
+def time_variant(function: Callable[[bytes], torch.Tensor], images: list[bytes], seconds: float) -> float:
+    """Median ms per image over repeated passes of `images`."""
+    for data in images:
+        function(data)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for data in images:
+            started = time.perf_counter()
+            function(data)
+            times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)
+
+
+def decode_table(seconds: float) -> list[dict[str, object]]:
+    """Every variant on the 640x480 photos and on 2560x1920 ones, with its agreement to the served input."""
+    torch.set_num_threads(1)
+    base = jpeg_images("640x480")
+    sets = {"640x480": base, "2560x1920": [upscaled(d, (2560, 1920)) for d in base[:3]]}
+    routes = variants(256, 224)
+    reference = routes["PIL decode, weights preset (v1 resize in float)"]
+    rows: list[dict[str, object]] = []
+    for size, images in sets.items():
+        for name, function in routes.items():
+            diff = max(float((function(d) - reference(d)).abs().mean()) for d in images)
+            rows.append(
+                {
+                    "images": size,
+                    "route": name,
+                    "ms_per_image": time_variant(function, images, seconds),
+                    "mean_abs_diff": diff,
+                }
+            )
+    return rows
+
+
+def payloads() -> list[dict[str, object]]:
+    """Bytes that would cross from ingress to model replica per 640x480 image, by form."""
+    data = jpeg_images("640x480")[0]
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return [
+        {"form": "encoded JPEG (what crosses today)", "bytes": len(data)},
+        {"form": "decoded uint8 HxWx3", "bytes": decoded.nbytes},
+        {"form": "model input uint8 3x224x224", "bytes": 3 * 224 * 224},
+        {"form": "model input float32 3x224x224 (never sent)", "bytes": 3 * 224 * 224 * 4},
+    ]
+
+
+def thread_layout(model: str, seconds: float) -> list[dict[str, object]]:
+    """One process with 2 torch threads vs two processes with 1 thread each, raw pipeline, batch 16."""
+
+    def raw(threads: int, count: int) -> list[dict[str, float]]:
+        command = [sys.executable, "-m", "benchmarks.raw", "--model", model, "--batch", "16"]
+        command += ["--threads", str(threads), "--seconds", str(seconds)]
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    one = raw(2, 1)
+    two = raw(1, 2)
+    return [
+        {"layout": "1 replica x 2 threads", "images_per_s": one[0]["images_per_s"]},
+        {"layout": "2 replicas x 1 thread", "images_per_s": sum(r["images_per_s"] for r in two)},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    result = {"decode": decode_table(args.seconds), "payloads": payloads(), "threads": thread_layout(args.model, 10.0)}
+    lines = ["| images | route | ms/image (1 thread) | mean abs diff to the preset |", "|---|---|---:|---:|"]
+    lines += [
+        f"| {r['images']} | {r['route']} | {r['ms_per_image']:.2f} | {r['mean_abs_diff']:.4f} |"
+        for r in result["decode"]
+    ]
+    lines += ["", "| payload per 640x480 image | bytes |", "|---|---:|"]
+    lines += [f"| {r['form']} | {r['bytes']:,} |" for r in result["payloads"]]
+    lines += ["", f"| {args.model} raw pipeline, batch 16 | images/s |", "|---|---:|"]
+    lines += [f"| {r['layout']} | {r['images_per_s']:.1f} |" for r in result["threads"]]
+    text = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fastpath.json").write_text(json.dumps(result, indent=1))
+    (args.out / "fastpath.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
