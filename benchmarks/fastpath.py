@@ -50,22 +50,17 @@ def variants(resize: int, crop: int) -> dict[str, Callable[[bytes], torch.Tensor
         result: torch.Tensor = preset(tvf.pil_to_tensor(decode_image(data, "RGB")))
         return result
 
-    def served(data: bytes) -> torch.Tensor:  # what vision-maas runs: the same steps on uint8 kernels
+    def full_decode(data: bytes) -> torch.Tensor:  # the same steps on uint8 kernels, whole JPEG decoded
         return spec.preprocess(decode_image(data, "RGB"))
+
+    def served(data: bytes) -> torch.Tensor:  # what vision-maas runs: DCT-scaled decode of big JPEGs too
+        return spec.preprocess(decode_image(data, "RGB", min_side=spec.decode_min_side))
 
     def _finish(chw_uint8: torch.Tensor) -> torch.Tensor:
         chw_uint8 = tvf.resize(chw_uint8, [resize], antialias=True)
         chw_uint8 = tvf.center_crop(chw_uint8, [crop])
         normalised: torch.Tensor = tvf.normalize(tvf.to_dtype(chw_uint8, torch.float32, scale=True), MEAN, STD)
         return normalised
-
-    def pil_draft(data: bytes) -> torch.Tensor:
-        img = Image.open(io.BytesIO(data))
-        # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 while both sides stay >= the resize target.
-        width, height = img.size
-        scale = resize / min(width, height)
-        img.draft("RGB", (int(width * scale), int(height * scale)))
-        return _finish(tvf.pil_to_tensor(img.convert("RGB")))
 
     def torchvision_decode(data: bytes) -> torch.Tensor:
         return _finish(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
@@ -81,8 +76,8 @@ def variants(resize: int, crop: int) -> dict[str, Callable[[bytes], torch.Tensor
 
     return {
         "PIL decode, weights preset (v1 resize in float)": before,
-        "served: PIL decode, v2 uint8 resize": served,
-        "PIL draft decode, v2 uint8 resize": pil_draft,
+        "PIL decode, v2 uint8 resize": full_decode,
+        "served: PIL decode at reduced JPEG scale, v2 uint8 resize": served,
         "torchvision.io.decode_jpeg, v2 uint8 resize": torchvision_decode,
         "PIL decode, PIL resize": pil_resize,
     }

@@ -27,7 +27,7 @@ from deployments.batching import SloBatchController
 from deployments.errors import InvalidParameters
 from deployments.telemetry import ModelMetrics
 from models.backends import apply_backend
-from models.images import ImageError, ImageLimits, decode_image
+from models.images import ImageError, ImageLimits, decode_image, original_size
 from models.registry import ModelSpec, Task, get_spec
 from models.video_io import VideoLimits, decode_clip, decode_frames
 
@@ -195,22 +195,22 @@ class ImageModel:
         if self._spec.task not in tasks:
             raise InvalidParameters(f"model {self._spec.name!r} ({self._spec.task.value}) does not support this call")
 
-    def _decode(self, item: bytes | np.ndarray, deadline: float) -> Image.Image:
+    def _decode(self, item: bytes | np.ndarray, deadline: float, min_side: int | None = None) -> Image.Image:
         """An encoded image, or a uint8 HxW(xC) array decoded once upstream (annotate), in the spec's mode."""
         if isinstance(item, np.ndarray):
             if item.dtype != np.uint8 or item.ndim not in (2, 3):
                 raise InvalidParameters("decoded images must be uint8 HxW or HxWxC arrays")
             return Image.fromarray(item).convert(self._spec.image_mode)
-        return decode_image(item, self._spec.image_mode, self._limits, deadline=deadline)
+        return decode_image(item, self._spec.image_mode, self._limits, deadline=deadline, min_side=min_side)
 
-    def _decode_all(self, images: Sequence[bytes | np.ndarray]) -> list[Image.Image]:
+    def _decode_all(self, images: Sequence[bytes | np.ndarray], min_side: int | None = None) -> list[Image.Image]:
         """Decode every image; an error names the image when there are several."""
         decoded = []
         # One decode budget for the whole request, not per image: 64 slow images must not add up.
         deadline = time.monotonic() + self._limits.max_decode_seconds
         for index, data in enumerate(images):
             try:
-                decoded.append(self._decode(data, deadline))
+                decoded.append(self._decode(data, deadline, min_side))
             except ImageError as exc:
                 if len(images) == 1:
                     raise
@@ -219,9 +219,11 @@ class ImageModel:
 
     def _prepare(self, images: Sequence[bytes | np.ndarray]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
         """Preprocessed tensors and each image's context (its original size) for postprocess."""
-        decoded = self._decode_all(images)
+        # Only the preprocess sees these pixels, so a JPEG may decode at a reduced scale; explain
+        # and the other tasks draw on the original image and decode it whole.
+        decoded = self._decode_all(images, self._spec.decode_min_side)
         tensors = [self._preprocess(self._spec.preprocess, image) for image in decoded]
-        return tensors, [{"image_size": [image.width, image.height]} for image in decoded]
+        return tensors, [{"image_size": list(original_size(image))} for image in decoded]
 
     @staticmethod
     def _preprocess(function: Any, value: Any) -> torch.Tensor:

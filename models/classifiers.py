@@ -239,6 +239,7 @@ def torchvision_classifier(key: str) -> Callable[[str, str | None, str | None], 
             family="torchvision.classification",
             description=f"torchvision {key} ({choice.meta})",
             input_geometry=resize_crop_geometry(transform),
+            decode_min_side=int(transform.resize_size[0]),
         )
 
     return factory

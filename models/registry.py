@@ -136,6 +136,8 @@ class ModelSpec:
     input_geometry: InputGeometry | None = None
     explain_layer: str | None = None
     """Submodule whose output Grad-CAM explains; None: the last spatial feature map."""
+    decode_min_side: int | None = None
+    """For :predict, the shortest side preprocessing needs: JPEGs may decode at a reduced scale."""
 
     @property
     def channels(self) -> int:
