@@ -26,12 +26,12 @@ def at_concurrency(server: dict[str, Any], concurrency: int) -> dict[str, Any] |
 def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     """(target, measured, bar, met) for each target the case's servers allow computing."""
     servers = case["servers"]
-    raw = {r["batch"]: r for r in case["raw"]}
+    raw = {r["batch"]: r for r in case["raw"] if r["batch"] == 1}
     out: list[tuple[str, float, str, bool]] = []
     if "vision-maas" not in servers:
         return out
     ours = saturation(servers["vision-maas"])
-    best_raw = max(raw.values(), key=lambda r: r["images_per_s"])
+    best_raw = max(case["raw"], key=lambda r: r["images_per_s"])
     efficiency = ours["throughput"] / best_raw["images_per_s"]
     out.append(("served / raw throughput at saturation", efficiency, ">= 0.90", efficiency >= 0.90))
     cpu = ours["server_cpu_ms_per_image"] / best_raw["cpu_ms_per_image"]
@@ -73,7 +73,8 @@ def case_markdown(case: dict[str, Any]) -> str:
     lines += ["| raw pipeline | images/s | CPU-ms/image | batch p50 ms |", "|---|---:|---:|---:|"]
     for r in case["raw"]:
         lines.append(
-            f"| batch {r['batch']}, {r['threads']} threads | {_fmt(r['images_per_s'])} | "
+            f"| batch {r['batch']} x {r.get('processes', 1)} process(es), {r['threads']} threads each "
+            f"| {_fmt(r['images_per_s'])} | "
             f"{_fmt(r['cpu_ms_per_image'])} | {_fmt(r['batch_p50_ms'])} |"
         )
     lines += [

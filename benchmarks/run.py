@@ -42,20 +42,25 @@ def machine() -> dict[str, Any]:
     }
 
 
-def raw(model: str, size: str, batch: int, threads: int, seconds: float) -> dict[str, Any]:
-    """The raw pipeline, in its own process (nothing else loaded, as clean as the servers get)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.raw", "--model", model, "--size", size, "--batch", str(batch),
-         "--threads", str(threads), "--seconds", str(seconds)],
-        capture_output=True, text=True, check=True, timeout=seconds + 300,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+def raw(model: str, size: str, batch: int, threads: int, seconds: float, processes: int = 1) -> dict[str, Any]:
+    """The raw pipeline in `processes` processes at once (nothing else loaded); summed throughput."""
+    command = [sys.executable, "-m", "benchmarks.raw", "--model", model, "--size", size, "--batch", str(batch)]
+    command += ["--threads", str(threads), "--seconds", str(seconds)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    outs = [json.loads(p.communicate(timeout=seconds + 300)[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"raw pipeline failed: {command}")
+    result: dict[str, Any] = outs[0] | {
+        "processes": processes,
+        "images_per_s": sum(o["images_per_s"] for o in outs),
+        "cpu_ms_per_image": statistics.mean(o["cpu_ms_per_image"] for o in outs),
+    }
     return result
 
 
 def bench_server(name: str, model: str, size: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """Start one server, sweep the closed-loop concurrencies, then the open-loop rates; stop it."""
-    server = make_server(name, model, args.port, args.threads, args.max_batch_size, args.batch_wait_s)
+    server = make_server(name, model, args.port, args.threads, args.max_batch_size, args.batch_wait_s, args.replicas)
     image = jpeg_images(size)[0]
     body, content_type = server.body(image)
     running = Running(server, logs / f"{name}-{model}-{size}.log")
@@ -99,6 +104,7 @@ def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    cores = psutil.cpu_count(logical=True) or 1
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet18, 640x480, 4 steps of 4 s, 1 repeat")
     parser.add_argument("--models", nargs="+", choices=MODELS)
@@ -110,12 +116,14 @@ def main() -> None:
     parser.add_argument("--step-s", type=float)
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--raw-s", type=float, help="seconds of each raw-pipeline measurement")
-    parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=True) or 1)
+    parser.add_argument("--replicas", type=int, default=cores, help="model replicas (LitServe: workers)")
+    parser.add_argument("--threads", type=int, help="torch threads per replica (default: cores / replicas)")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
     parser.add_argument("--port", type=int, default=8190)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    args.threads = args.threads or max(1, cores // args.replicas)
     quick = args.quick
     args.models = args.models or (["resnet18"] if quick else list(MODELS))
     args.sizes = args.sizes or (["640x480"] if quick else sorted(SIZES))
@@ -137,9 +145,17 @@ def main() -> None:
     for model in args.models:
         for size in args.sizes:
             case: dict[str, Any] = {"model": model, "size": size, "raw": [], "servers": {}}
-            for batch in sorted({1, args.max_batch_size}):
-                case["raw"].append(raw(model, size, batch, args.threads, raw_s))
-                print(f"raw {model} {size} batch {batch}: {case['raw'][-1]['images_per_s']:.1f} images/s", flush=True)
+            # The ceiling: one image at a time at the server's threads per replica (latency), and
+            # full batches in as many processes as the server has replicas (throughput).
+            layouts = [(1, 1), (args.max_batch_size, args.replicas)]
+            if args.replicas > 1:  # and the other layout of the same cores, for the record
+                layouts.append((args.max_batch_size, 1))
+            for batch, processes in layouts:
+                whole = batch > 1 and processes == 1 and args.replicas > 1  # one process on every core
+                threads = cores if whole else args.threads
+                case["raw"].append(raw(model, size, batch, threads, raw_s, processes))
+                got = case["raw"][-1]
+                print(f"raw {model} {size} batch {batch} x{processes} ({threads} threads): {got['images_per_s']:.1f}/s")
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.servers}
             for repeat in range(args.repeats):
                 # Interleaved: each repeat starts with a different server, so drift on a shared

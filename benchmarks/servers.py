@@ -45,7 +45,7 @@ class Server:
 
 
 def vision_maas_config(
-    model: str, port: int, batching: dict[str, dict[str, Any]], num_cpus: float, threads: int
+    model: str, port: int, batching: dict[str, dict[str, Any]], num_cpus: float, threads: int, replicas: int = 1
 ) -> dict[str, Any]:
     """A Serve config serving `model` once per entry of `batching` (served name -> user_config).
 
@@ -66,6 +66,7 @@ def vision_maas_config(
         deployments.append(
             {
                 "name": name,
+                "num_replicas": replicas,
                 "max_ongoing_requests": 256,
                 "max_queued_requests": 1024,
                 "ray_actor_options": actor,
@@ -100,20 +101,28 @@ def serve_command(config: Path) -> list[str]:
     return [str(Path(sys.executable).with_name("serve")), "run", "--address", "local", str(config)]
 
 
-def make_server(name: str, model: str, port: int, threads: int, max_batch_size: int, wait_s: float) -> Server:
-    """The Server called `name` (one of SERVERS) for `model` on `port`."""
+def make_server(
+    name: str, model: str, port: int, threads: int, max_batch_size: int, wait_s: float, replicas: int = 1
+) -> Server:
+    """The Server called `name` (one of SERVERS) for `model` on `port`.
+
+    vision-maas and LitServe run `replicas` model workers with `threads` torch threads each; the
+    hand-written FastAPI server is one process with `threads * replicas` threads; the minimal
+    Ray Serve pattern keeps Ray's defaults (one replica, one CPU).
+    """
     python = sys.executable
     base = f"http://127.0.0.1:{port}"
     if name in ("vision-maas", "vision-maas-nobatch"):
         batch = max_batch_size if name == "vision-maas" else 1
         user_config = {"max_batch_size": batch, "batch_wait_timeout_s": wait_s}
-        config = write_config(vision_maas_config(model, port, {model: user_config}, threads, threads))
+        config = write_config(vision_maas_config(model, port, {model: user_config}, threads, threads, replicas))
         return Server(name, serve_command(config), f"{base}/v1/models/{model}:predict", "image/jpeg")
     module = {"fastapi": "fastapi_server", "litserve": "litserve_server", "rayserve-minimal": "rayserve_minimal"}[name]
     command = [python, "-m", f"benchmarks.peers.{module}", "--model", model, "--port", str(port)]
-    if name != "rayserve-minimal":
-        command += ["--threads", str(threads)]
+    if name == "fastapi":
+        command += ["--threads", str(threads * replicas)]
     if name == "litserve":
+        command += ["--threads", str(threads), "--workers", str(replicas)]
         command += ["--max-batch-size", str(max_batch_size), "--batch-timeout", str(wait_s)]
     return Server(name, command, f"{base}/predict", "image/jpeg", json_base64=name == "litserve")
 

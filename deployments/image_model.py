@@ -263,7 +263,14 @@ class ImageModel:
         # Every item enters the batch queue on its own, so one request's items and other
         # requests' items share batches.
         now = time.perf_counter()
-        results = await asyncio.gather(*(self._forward_batch((t, now)) for t in tensors))
+        if self._ongoing == 1 and len(tensors) == 1:
+            # The only request in this replica: nothing can join its batch, so waiting
+            # batch_wait_timeout_s for one would only add latency. The single forward worker
+            # still runs it after any batch already computing.
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._executor, self._run, [(tensors[0], now)])
+        else:
+            results = await asyncio.gather(*(self._forward_batch((t, now)) for t in tensors))
         facts["batch_sizes"] = [size for _, size in results]
         return [out for out, _ in results]
 

@@ -44,12 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="resnet18")
     parser.add_argument("--port", type=int, default=8102)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker")
+    parser.add_argument("--workers", type=int, default=1, help="inference worker processes")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout", type=float, default=0.005)
     args = parser.parse_args()
     api = VisionAPI(args.model, args.threads, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, track_requests=False)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers, track_requests=False)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
 
 

@@ -17,7 +17,7 @@ def test_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "benchmarks.run", "--models", "digits_cnn", "--sizes", "224x224",
         "--servers", "fastapi", "vision-maas", "--concurrency", "1", "4", "--step-s", "2", "--warmup-s", "1",
-        "--raw-s", "2", "--open-loop", "0.5", "--repeats", "1", "--port", str(free_port()), "--out", str(tmp_path),
+        "--raw-s", "2", "--open-loop", "0.5", "--repeats", "1", "--replicas", "1", "--port", str(free_port()), "--out", str(tmp_path),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
