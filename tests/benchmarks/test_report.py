@@ -142,3 +142,14 @@ def test_every_server_has_a_command_and_litserve_gets_json() -> None:
     ours = make_server("vision-maas-nobatch", "resnet18", 8124, 2, 16, 0.005)
     assert ours.url.endswith("/v1/models/resnet18:predict")
     assert ours.command[1:4] == ["run", "--address", "local"]
+
+
+def test_soak_growth_is_measured_after_the_settling_minute() -> None:
+    from benchmarks.soak import growth
+
+    samples = [
+        {"t": 0.0, "replicas_bytes": 100, "total_bytes": 1000},  # still warming up: not the baseline
+        {"t": 60.0, "replicas_bytes": 200, "total_bytes": 2000},
+        {"t": 600.0, "replicas_bytes": 210, "total_bytes": 2020},
+    ]
+    assert growth(samples, 60.0) == {"replicas": pytest.approx(0.05), "server": pytest.approx(0.01)}
