@@ -439,7 +439,7 @@ class ImageModel:
             },
             "model_version": spec.weights.version,
             "outputs": [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in spec.outputs],
-            "batching": self._batch.model_dump()
+            "batching": self._batch.model_dump(exclude_none=True)
             | ({} if self._controller is None else {"adaptive_cap": self._controller.cap}),
             "device": str(self._device),
             "threads": self._threads,
