@@ -126,7 +126,8 @@ def main() -> None:
         running.stop()
     summary = summarise(rows, args.target_p99_ms)
     text = markdown(summary, args.target_p99_ms)
-    result = {"settings": vars(args) | {"out": str(args.out)}, "saturation": saturation, "summary": summary}
+    settings_used = {k: v for k, v in vars(args).items() if k != "out"}
+    result = {"settings": settings_used, "saturation": saturation, "summary": summary}
     (args.out / "adaptive.json").write_text(json.dumps(result, indent=1, default=str))
     (args.out / "adaptive.md").write_text(text)
     print(text)

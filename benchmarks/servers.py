@@ -180,7 +180,7 @@ class Running:
         out: dict[str, int] = {}
         for proc in self.processes():
             try:
-                name = " ".join(proc.cmdline()[:1]) if not proc.name().startswith("ray::") else proc.name()
+                name = proc.name() if proc.name().startswith("ray::") else Path(proc.cmdline()[0]).name
                 out[name] = out.get(name, 0) + proc.memory_info().rss
             except psutil.NoSuchProcess:
                 pass
