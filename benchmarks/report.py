@@ -26,7 +26,7 @@ def at_concurrency(server: dict[str, Any], concurrency: int) -> dict[str, Any] |
 def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     """(target, measured, bar, met) for each target the case's servers allow computing."""
     servers = case["servers"]
-    raw = {r["batch"]: r for r in case["raw"] if r["batch"] == 1}
+    raw = {r["batch"]: r for r in case["raw"] if r["batch"] == 1 and r.get("processes", 1) == 1}
     out: list[tuple[str, float, str, bool]] = []
     if "vision-maas" not in servers:
         return out
