@@ -12,8 +12,6 @@ import argparse
 import io
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +25,12 @@ from torchvision.models import ResNet18_Weights
 
 from benchmarks.images import jpeg_images
 from benchmarks.pipeline import weights_for
+from benchmarks.raw import in_processes
+from models.classifiers import uint8_transform
 from models.images import decode_image
 from models.registry import get_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def upscaled(data: bytes, size: tuple[int, int]) -> bytes:
@@ -56,14 +55,10 @@ def variants(resize: int, crop: int) -> dict[str, Callable[[bytes], torch.Tensor
     def served(data: bytes) -> torch.Tensor:  # what vision-maas runs: DCT-scaled decode of big JPEGs too
         return spec.preprocess(decode_image(data, "RGB", min_side=spec.decode_min_side))
 
-    def _finish(chw_uint8: torch.Tensor) -> torch.Tensor:
-        chw_uint8 = tvf.resize(chw_uint8, [resize], antialias=True)
-        chw_uint8 = tvf.center_crop(chw_uint8, [crop])
-        normalised: torch.Tensor = tvf.normalize(tvf.to_dtype(chw_uint8, torch.float32, scale=True), MEAN, STD)
-        return normalised
+    finish = uint8_transform(preset)  # the served steps on a uint8 CHW tensor
 
     def torchvision_decode(data: bytes) -> torch.Tensor:
-        return _finish(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
+        return finish(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
 
     def pil_resize(data: bytes) -> torch.Tensor:
         img = Image.open(io.BytesIO(data)).convert("RGB")
@@ -71,7 +66,7 @@ def variants(resize: int, crop: int) -> dict[str, Callable[[bytes], torch.Tensor
         scale = resize / min(width, height)
         img = img.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR, reducing_gap=2.0)
         chw = tvf.center_crop(tvf.pil_to_tensor(img), [crop])
-        normalised: torch.Tensor = tvf.normalize(tvf.to_dtype(chw, torch.float32, scale=True), MEAN, STD)
+        normalised: torch.Tensor = tvf.normalize(tvf.to_dtype(chw, torch.float32, scale=True), preset.mean, preset.std)
         return normalised
 
     return {
@@ -134,17 +129,11 @@ def payloads() -> list[dict[str, object]]:
 def thread_layout(model: str, seconds: float) -> list[dict[str, object]]:
     """One process with 2 torch threads vs two processes with 1 thread each, raw pipeline, batch 16."""
 
-    def raw(threads: int, count: int) -> list[dict[str, float]]:
-        command = [sys.executable, "-m", "benchmarks.raw", "--model", model, "--batch", "16"]
-        command += ["--threads", str(threads), "--seconds", str(seconds)]
-        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
-        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-
-    one = raw(2, 1)
-    two = raw(1, 2)
+    one = in_processes(model, "640x480", 16, 2, seconds, processes=1)
+    two = in_processes(model, "640x480", 16, 1, seconds, processes=2)
     return [
-        {"layout": "1 replica x 2 threads", "images_per_s": one[0]["images_per_s"]},
-        {"layout": "2 replicas x 1 thread", "images_per_s": sum(r["images_per_s"] for r in two)},
+        {"layout": "1 replica x 2 threads", "images_per_s": one["images_per_s"]},
+        {"layout": "2 replicas x 1 thread", "images_per_s": two["images_per_s"]},
     ]
 
 

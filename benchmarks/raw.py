@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -46,6 +48,22 @@ def measure(model: str, size: str, batch: int, threads: int, seconds: float, bac
         "cpu_ms_per_image": cpu * 1000.0 / count,
         "batch_p50_ms": statistics.median(latencies),
     }
+
+
+def in_processes(model: str, size: str, batch: int, threads: int, seconds: float, processes: int = 1) -> dict[str, Any]:
+    """The raw pipeline in `processes` processes at once (nothing else loaded); summed throughput."""
+    command = [sys.executable, "-m", "benchmarks.raw", "--model", model, "--size", size, "--batch", str(batch)]
+    command += ["--threads", str(threads), "--seconds", str(seconds)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    outs = [json.loads(p.communicate(timeout=seconds + 300)[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"raw pipeline failed: {command}")
+    result: dict[str, Any] = outs[0] | {
+        "processes": processes,
+        "images_per_s": sum(o["images_per_s"] for o in outs),
+        "cpu_ms_per_image": statistics.mean(o["cpu_ms_per_image"] for o in outs),
+    }
+    return result
 
 
 def main() -> None:

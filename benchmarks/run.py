@@ -12,8 +12,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from benchmarks import report
 from benchmarks.images import SIZES, jpeg_images
 from benchmarks.load import closed_loop, open_loop
 from benchmarks.pipeline import MODELS
+from benchmarks.raw import in_processes
 from benchmarks.servers import SERVERS, Running, make_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,22 +39,6 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def raw(model: str, size: str, batch: int, threads: int, seconds: float, processes: int = 1) -> dict[str, Any]:
-    """The raw pipeline in `processes` processes at once (nothing else loaded); summed throughput."""
-    command = [sys.executable, "-m", "benchmarks.raw", "--model", model, "--size", size, "--batch", str(batch)]
-    command += ["--threads", str(threads), "--seconds", str(seconds)]
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
-    outs = [json.loads(p.communicate(timeout=seconds + 300)[0].strip().splitlines()[-1]) for p in procs]
-    if any(p.returncode for p in procs):
-        raise RuntimeError(f"raw pipeline failed: {command}")
-    result: dict[str, Any] = outs[0] | {
-        "processes": processes,
-        "images_per_s": sum(o["images_per_s"] for o in outs),
-        "cpu_ms_per_image": statistics.mean(o["cpu_ms_per_image"] for o in outs),
-    }
-    return result
 
 
 def bench_server(name: str, model: str, size: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
@@ -154,7 +137,7 @@ def main() -> None:
             for batch, processes in layouts:
                 whole = batch > 1 and processes == 1 and args.replicas > 1  # one process on every core
                 threads = cores if whole else args.threads
-                case["raw"].append(raw(model, size, batch, threads, raw_s, processes))
+                case["raw"].append(in_processes(model, size, batch, threads, raw_s, processes))
                 got = case["raw"][-1]
                 print(f"raw {model} {size} batch {batch} x{processes} ({threads} threads): {got['images_per_s']:.1f}/s")
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.servers}

@@ -49,9 +49,11 @@ def _replica_threads() -> int:
     """
     if os.environ.get(THREADS_ENV):
         return max(1, int(os.environ[THREADS_ENV]))
+    if not ray.is_initialized():  # direct construction in tests: asking Ray would start a local one
+        return 1
     try:
         cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
-    except Exception:  # not inside a Ray worker (direct construction in tests)
+    except Exception:  # a driver, not a Ray worker
         cpus = 1.0
     return max(1, round(cpus))
 
@@ -104,7 +106,6 @@ class ImageModel:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._batch = BatchConfig()
         self._controller: SloBatchController | None = None
-        self._last_batch_ms = 0.0
         self._batch_counts: Counter[int] = Counter()
         self._batch_seconds: defaultdict[int, float] = defaultdict(float)
         self._ongoing = 0
@@ -145,17 +146,17 @@ class ImageModel:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self._run, items)
+        results, batch_ms = await loop.run_in_executor(self._executor, self._run, items)
         if self._controller is not None:
-            cap = self._controller.observe(len(items), self._last_batch_ms)
+            cap = self._controller.observe(len(items), batch_ms)
             if cap is not None:
                 # On the event loop, where serve.batch reads the cap for the next batch.
                 self._forward_batch.set_max_batch_size(cap)  # type: ignore[attr-defined]
                 logger.info("model %s: adaptive batch cap now %d", self._spec.name, cap)
         return results
 
-    def _run(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
-        """One batched forward pass; each item's output with the size of the batch it ran in."""
+    def _run(self, items: list[tuple[torch.Tensor, float]]) -> tuple[list[tuple[Any, int]], float]:
+        """One batched forward pass: each item's output with the size of the batch it ran in, and its ms."""
         started = time.perf_counter()
         for _, enqueued in items:
             self._metrics.queue_wait.observe((started - enqueued) * 1000.0)
@@ -163,13 +164,12 @@ class ImageModel:
             batch = [x.to(self._device, non_blocking=True) for x, _ in items]
             outputs = [_to_cpu(out) for out in self._spec.forward(self._module, batch)]
         seconds = time.perf_counter() - started
-        self._last_batch_ms = seconds * 1000.0
         size = len(items)
         self._batch_counts[size] += 1
         self._batch_seconds[size] += seconds
         self._metrics.batch_size.observe(size)
         self._metrics.batch_execution.observe(seconds * 1000.0)
-        return [(out, size) for out in outputs]
+        return [(out, size) for out in outputs], seconds * 1000.0
 
     @contextlib.contextmanager
     def _request(self, kind: str, items: int) -> Iterator[dict[str, Any]]:
@@ -268,7 +268,7 @@ class ImageModel:
             # batch_wait_timeout_s for one would only add latency. The single forward worker
             # still runs it after any batch already computing.
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self._run, [(tensors[0], now)])
+            results, _ = await loop.run_in_executor(self._executor, self._run, [(tensors[0], now)])
         else:
             results = await asyncio.gather(*(self._forward_batch((t, now)) for t in tensors))
         facts["batch_sizes"] = [size for _, size in results]
