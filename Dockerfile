@@ -48,7 +48,14 @@ ENV TORCH_HOME=/home/ray/.cache/torch
 ARG TORCHVISION_WEIGHTS=""
 RUN if [ -n "$TORCHVISION_WEIGHTS" ]; then python -m models.prefetch $TORCHVISION_WEIGHTS; fi
 
-# Ray Serve's HTTP proxy.
+# Serve's data path as shipped (deployments/ray_env.py says why; a test keeps them equal): HAProxy
+# on port 8000 and direct gRPC between replicas. The chart sets the same in every pod.
+ENV RAY_SERVE_ENABLE_HA_PROXY=1 \
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+    RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1 \
+    RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=134217728
+
+# Ray Serve's HTTP front door (HAProxy).
 EXPOSE 8000
 
 # Numeric, so Kubernetes runAsNonRoot can verify the user is not root (a name it cannot check).

@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= deployments/serve_config.yaml
 export RAY_USAGE_STATS_ENABLED := 0
+# Serve's data path as shipped (deployments/ray_env.py says why; a test keeps the two equal).
+export RAY_SERVE_ENABLE_HA_PROXY := 1
+export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
+export RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE := 1
+export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 
 .PHONY: serve test lint venv clean train k8s tools bench
 

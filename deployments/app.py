@@ -12,6 +12,7 @@ from deployments.args import AppArgs
 from deployments.auth import KeyStore, RateLimiter
 from deployments.image_model import ImageModel
 from deployments.ingress import Ingress
+from deployments.ray_env import check_body_limit
 from deployments.schemas import ModelCard, TensorMeta
 from models.registry import ModelSpec, Task, get_spec
 from models.weights import WeightsError
@@ -36,6 +37,7 @@ def v2_inputs(spec: ModelSpec) -> list[TensorMeta]:
 def build_app(args: dict[str, Any]) -> Application:
     """Validate `args` (the config's `applications[].args`) and compose one deployment per model."""
     app_args = AppArgs.model_validate(args)
+    check_body_limit(app_args.limits.max_body_bytes)
     cards: dict[str, ModelCard] = {}
     handles = {}
     for model in app_args.models:

@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from ray import serve
 
 from tests.conftest import encode
 from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
+from tests.serve_cluster import call_deployment
 
 
 def _app(prefix: str, deployment: dict[str, Any], limits: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -94,14 +94,12 @@ def test_request_over_its_timeout_answers_408(constrained: str) -> None:
         assert response.json()["error"]["code"] == "timeout"
         # The ingress keeps serving after a timeout, and the model replica serves the next request.
         assert http.get("/hasty/healthz").status_code == 200
-    replica = serve.get_deployment_handle("digits_cnn", app_name="hasty")
-    result = replica.predict.remote([_big_png()], {"top_k": 1}).result(timeout_s=60)
+    result = call_deployment("hasty", "digits_cnn", "predict", [_big_png()], {"top_k": 1})
     assert len(result["predictions"]) == 1
 
 
 def test_client_that_disconnects_cancels_its_queued_work(constrained: str) -> None:
-    replica = serve.get_deployment_handle("digits_cnn", app_name="patient")
-    before = replica.stats.remote().result(timeout_s=30)["inference_count"]
+    before = call_deployment("patient", "digits_cnn", "stats", timeout_s=30)["inference_count"]
     body = _big_png()
 
     def send_and_hang_up(_: int) -> str:
@@ -119,6 +117,6 @@ def test_client_that_disconnects_cancels_its_queued_work(constrained: str) -> No
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         outcomes = list(pool.map(send_and_hang_up, range(12)))
     time.sleep(5)  # anything still queued would have run by now
-    ran = replica.stats.remote().result(timeout_s=30)["inference_count"] - before
+    ran = call_deployment("patient", "digits_cnn", "stats", timeout_s=30)["inference_count"] - before
     assert outcomes.count("disconnected") >= 10
     assert ran < outcomes.count("disconnected")

@@ -55,6 +55,9 @@ volumes:
 {{/* Environment of every Ray container: Serve replicas may run on any pod. */}}
 {{- define "vision-maas.env" -}}
 - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
+{{- range $name, $value := .Values.serveEnv }}
+- {name: {{ $name }}, value: {{ $value | quote }}}
+{{- end }}
 {{- with .Values.apiKeys.existingSecret }}
 - name: VISION_MAAS_API_KEYS
   valueFrom:
