@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,9 +22,20 @@ import yaml
 
 from benchmarks.pipeline import weights_for
 from deployments.image_model import THREADS_ENV
+from deployments.ray_env import CLASSIC_ENV, THROUGHPUT_ENV, haproxy_side_ports
 
 REPO = Path(__file__).resolve().parents[1]
-SERVERS = ("vision-maas", "vision-maas-nobatch", "fastapi", "litserve", "rayserve-minimal")
+# vision-maas as shipped (HAProxy + direct gRPC between replicas), without batching, and on
+# Ray Serve's default Python proxy and actor calls ("classic").
+SERVERS = (
+    "vision-maas",
+    "vision-maas-nobatch",
+    "vision-maas-classic",
+    "fastapi",
+    "litserve",
+    "torchserve",
+    "rayserve-minimal",
+)
 
 
 @dataclass
@@ -42,6 +54,15 @@ class Server:
         if self.json_base64:
             return json.dumps({"image": base64.b64encode(image).decode()}).encode(), "application/json"
         return image, self.content_type
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1 (all held open until each is chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def vision_maas_config(
@@ -106,25 +127,40 @@ def make_server(
 ) -> Server:
     """The Server called `name` (one of SERVERS) for `model` on `port`.
 
-    vision-maas and LitServe run `replicas` model workers with `threads` torch threads each; the
+    vision-maas, LitServe and TorchServe run `replicas` model workers with `threads` torch threads each; the
     hand-written FastAPI server is one process with `threads * replicas` threads; the minimal
     Ray Serve pattern keeps Ray's defaults (one replica, one CPU).
     """
     python = sys.executable
     base = f"http://127.0.0.1:{port}"
-    if name in ("vision-maas", "vision-maas-nobatch"):
-        batch = max_batch_size if name == "vision-maas" else 1
+    if name.startswith("vision-maas"):
+        batch = 1 if name == "vision-maas-nobatch" else max_batch_size
         user_config = {"max_batch_size": batch, "batch_wait_timeout_s": wait_s}
         config = write_config(vision_maas_config(model, port, {model: user_config}, threads, threads, replicas))
-        return Server(name, serve_command(config), f"{base}/v1/models/{model}:predict", "image/jpeg")
-    module = {"fastapi": "fastapi_server", "litserve": "litserve_server", "rayserve-minimal": "rayserve_minimal"}[name]
+        # HAProxy's side ports of its own: another cluster (`make serve`, the tests') may be running.
+        side = haproxy_side_ports(*free_ports(2))
+        env = CLASSIC_ENV if name == "vision-maas-classic" else THROUGHPUT_ENV | side
+        return Server(name, serve_command(config), f"{base}/v1/models/{model}:predict", "image/jpeg", env=env)
+    module = {
+        "fastapi": "fastapi_server",
+        "litserve": "litserve_server",
+        "torchserve": "torchserve_server",
+        "rayserve-minimal": "rayserve_minimal",
+    }[name]
     command = [python, "-m", f"benchmarks.peers.{module}", "--model", model, "--port", str(port)]
     if name == "fastapi":
         command += ["--threads", str(threads * replicas)]
     if name == "litserve":
         command += ["--threads", str(threads), "--workers", str(replicas)]
         command += ["--max-batch-size", str(max_batch_size), "--batch-timeout", str(wait_s)]
-    return Server(name, command, f"{base}/predict", "image/jpeg", json_base64=name == "litserve")
+    if name == "torchserve":
+        # TorchServe's Python workers, each one model copy with `threads` torch threads; raw JPEG bodies.
+        command += ["--workers", str(replicas), "--threads", str(threads)]
+        command += ["--max-batch-size", str(max_batch_size), "--batch-timeout", str(wait_s)]
+        return Server(name, command, f"{base}/predictions/{model}", "image/jpeg")
+    # Ray Serve's minimal pattern keeps Ray's defaults, whatever the environment exports.
+    env = CLASSIC_ENV if name == "rayserve-minimal" else {}
+    return Server(name, command, f"{base}/predict", "image/jpeg", json_base64=name == "litserve", env=env)
 
 
 class Running:

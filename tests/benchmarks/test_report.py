@@ -98,6 +98,18 @@ def test_targets_compare_saturation_throughput_cpu_and_latency() -> None:
     assert found["throughput / litserve at p99 <= 480 ms"] == (pytest.approx(28 / 36), False)
 
 
+def test_servers_without_a_target_are_compared_at_equal_p99_and_not_judged() -> None:
+    measured = case()
+    measured["servers"]["vision-maas-classic"] = server(
+        [row("closed", 1, 10.0, 90.0, 100, 95), row("closed", 16, 19.0, 800, 900, 85)]
+    )
+    # Classic saturates with p99 900 ms: our best step within it is concurrency 16 (38/s).
+    assert report.comparisons(measured) == [("throughput / vision-maas-classic at p99 <= 900 ms", pytest.approx(2.0))]
+    assert not any("classic" in name for name, *_ in report.targets(measured))
+    assert "| throughput / vision-maas-classic at p99 <= 900 ms | 2.00 |" in report.case_markdown(measured)
+    assert report.comparisons(case()) == []
+
+
 def test_report_writes_tables_and_plots(tmp_path: Path) -> None:
     results = {
         "machine": {"cores": 2, "cpu": "x86_64", "memory_gib": 24, "gpu": None, "python": "3.11", "torch": "2"},
@@ -142,6 +154,10 @@ def test_every_server_has_a_command_and_litserve_gets_json() -> None:
     ours = make_server("vision-maas-nobatch", "resnet18", 8124, 2, 16, 0.005)
     assert ours.url.endswith("/v1/models/resnet18:predict")
     assert ours.command[1:4] == ["run", "--address", "local"]
+    torchserve = make_server("torchserve", "resnet18", 8124, 1, 16, 0.005, 2)
+    assert torchserve.url == "http://127.0.0.1:8124/predictions/resnet18"
+    assert torchserve.body(b"\xff\xd8jpeg") == (b"\xff\xd8jpeg", "image/jpeg")
+    assert torchserve.command[2:] == ["benchmarks.peers.torchserve_server", "--model", "resnet18", "--port", "8124", "--workers", "2", "--threads", "1", "--max-batch-size", "16", "--batch-timeout", "0.005"]  # fmt: skip
 
 
 def test_soak_growth_is_measured_after_the_settling_minute() -> None:
