@@ -137,9 +137,8 @@ def make_server(
         batch = 1 if name == "vision-maas-nobatch" else max_batch_size
         user_config = {"max_batch_size": batch, "batch_wait_timeout_s": wait_s}
         config = write_config(vision_maas_config(model, port, {model: user_config}, threads, threads, replicas))
-        # HAProxy's side ports of its own: another cluster (`make serve`, the tests') may be running.
-        side = haproxy_side_ports(*free_ports(2))
-        env = CLASSIC_ENV if name == "vision-maas-classic" else THROUGHPUT_ENV | side
+        # With HAProxy, side ports of its own: another cluster (`make serve`, the tests') may be running.
+        env = CLASSIC_ENV if name == "vision-maas-classic" else THROUGHPUT_ENV | haproxy_side_ports(*free_ports(2))
         return Server(name, serve_command(config), f"{base}/v1/models/{model}:predict", "image/jpeg", env=env)
     module = {
         "fastapi": "fastapi_server",

@@ -140,8 +140,13 @@ def main() -> None:
     # LOG_LOCATION/METRICS_LOCATION: TorchServe's log4j2 files; TEMP: Java's tmpdir (extracted .mar,
     # worker sockets); TMPDIR: the launcher's pid file, else one /tmp/.model_server.pid for all TorchServes.
     logs = work / "logs"
-    env = {**os.environ, "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs), "TEMP": str(work)}
-    env["TMPDIR"] = str(work)
+    env = {
+        **os.environ,
+        "LOG_LOCATION": str(logs),
+        "METRICS_LOCATION": str(logs),
+        "TEMP": str(work),
+        "TMPDIR": str(work),
+    }
     command = [str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground", "--ncs"]
     command += ["--model-store", str(store), "--ts-config", str(config), "--models", f"{args.model}={mar.name}"]
     print(f"TorchServe in {work}: {' '.join(command)}", flush=True)
