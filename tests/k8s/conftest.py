@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_CRD = REPO.parent / "shared" / "k8s-schemas" / "ray.io_rayservices.yaml"
+# KubeRay v1.7.0, vendored with its source and licence (k8s/schemas/README.md).
+RAYSERVICE_CRD = REPO / "k8s" / "schemas" / "ray.io_rayservices.yaml"
 
 
 def _load_render() -> ModuleType:
@@ -52,9 +53,7 @@ def rendered(value_set: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def rayservice_schema() -> dict[str, Any]:
-    if not SHARED_CRD.is_file():
-        pytest.fail(f"KubeRay CRD schema missing: {SHARED_CRD.name} beside the repository in shared/k8s-schemas")
-    crd = yaml.safe_load(SHARED_CRD.read_text())
+    crd = yaml.safe_load(RAYSERVICE_CRD.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
     return schema
