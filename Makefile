@@ -31,10 +31,19 @@ test: $(STAMP) tools  ## the whole suite: lint, types, unit, integration, browse
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-tools:  ## Debian's Chromium (the playground's browser tests; Playwright's own download needs the internet) and hey (the benchmarks' load generator)
-	@command -v chromium >/dev/null && command -v hey >/dev/null || { \
+# What the suite runs beside Python, from Debian: Chromium (the playground's browser tests;
+# Playwright's own download needs the internet), hey (the benchmarks' load generator), a headless
+# Java runtime (TorchServe, a benchmark peer) and kubectl (`kubectl kustomize` of k8s/; Debian's
+# package is kubernetes-client). A tool that cannot be installed makes its tests skip, named in
+# pytest's summary.
+TOOLS := chromium:chromium hey:hey java:default-jre-headless kubectl:kubernetes-client
+tools:  ## install the system tools the suite needs (Debian/Ubuntu apt; sudo when not root)
+	@missing=$$(for pair in $(TOOLS); do command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done); \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium hey; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing \
+	    || echo "make tools: could not install $$missing; the tests that need them will skip" >&2; \
+	fi
 
 BENCH_ARGS ?= --quick
 bench: $(STAMP) tools  ## the benchmark suite (quick by default; BENCH_ARGS= for every model and size); writes benchmarks/results/

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,9 @@ def top_label(result: dict[str, object]) -> object:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("java") is None, reason="TorchServe needs a Java runtime: `make tools` installs default-jre-headless"
+)
 def test_torchserve_peer_batches_the_pipelines_answers_and_stops_cleanly(tmp_path: Path) -> None:
     images = jpeg_images("224x224")[:4]
     server = make_server("torchserve", "digits_cnn", free_port(), 1, 8, 0.005, 1)

@@ -214,7 +214,9 @@ def test_notes_tell_how_to_reach_the_service() -> None:
     assert "/v1/models/digits_cnn:predict" in notes
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl is not installed: `make tools` installs kubernetes-client"
+)
 def test_kustomization_builds_the_rendered_manifest() -> None:
     out = subprocess.run(
         ["kubectl", "kustomize", str(Path(render_module.K8S))], check=True, capture_output=True, text=True
