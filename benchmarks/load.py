@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import numpy as np
@@ -34,17 +34,33 @@ def percentiles(latencies_ms: list[float]) -> dict[str, Any]:
     }
 
 
-def parse_hey_csv(text: str) -> tuple[list[float], int, float]:
-    """(latencies in ms of 2xx responses, non-2xx count, last completion offset in s) from `hey -o csv`."""
-    ok, errors, last = [], 0, 0.0
+class HeyRun(NamedTuple):
+    """What one `hey -o csv` run measured: every request, with its send offset from hey's start."""
+
+    ok_ms: list[float]  # latencies of the 2xx answers
+    errors: int  # everything else
+    first_sent_s: float  # offset of the first request sent
+    last_done_s: float  # offset of the last answer received
+
+    @property
+    def measured_s(self) -> float:
+        """First request sent to last answer received: the time the answers took."""
+        return max(self.last_done_s - self.first_sent_s, 1e-9)
+
+
+def parse_hey_csv(text: str) -> HeyRun:
+    """Every request of a `hey -o csv` run: 2xx latencies in ms, the rest counted, first send and last answer."""
+    ok, errors, first, last = [], 0, float("inf"), 0.0
     for row in csv.DictReader(io.StringIO(text)):
         status = int(row["status-code"])
         if 200 <= status < 300:
             ok.append(float(row["response-time"]) * 1000.0)
         else:
             errors += 1
-        last = max(last, float(row["offset"]) + float(row["response-time"]))
-    return ok, errors, last
+        sent = float(row["offset"])
+        first = min(first, sent)
+        last = max(last, sent + float(row["response-time"]))
+    return HeyRun(ok, errors, first if first != float("inf") else 0.0, last)
 
 
 def hey_binary() -> str:
@@ -68,30 +84,40 @@ def closed_loop(url: str, body: bytes, content_type: str, concurrency: int, seco
         )  # fmt: skip
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ok, errors, _ = parse_hey_csv(result.stdout)
+    run = parse_hey_csv(result.stdout)
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "mode": "closed",
         "concurrency": concurrency,
         "seconds": seconds,
-        "ok": len(ok),
-        "errors": errors,
-        "throughput": len(ok) / seconds,
+        "ok": len(run.ok_ms),
+        "errors": run.errors,
+        # From measured time, as the raw ceiling: hey lets the requests in flight at its deadline
+        # finish and reports them, so dividing by the nominal `seconds` would count the tail for free
+        # (most for the slowest server at the most clients).
+        "throughput": len(run.ok_ms) / run.measured_s,
+        "measured_s": run.measured_s,
+        # The share of the measured time spent past the deadline, draining the requests in flight.
+        "tail_share": max(run.measured_s - seconds, 0.0) / run.measured_s,
         "client_cpu_s": client_cpu,
         "wall_s": wall,
-        **percentiles(ok),
+        **percentiles(run.ok_ms),
     }
 
 
-async def _open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: float) -> tuple[list[float], int]:
+async def _open_loop(
+    url: str, body: bytes, content_type: str, rate: float, seconds: float
+) -> tuple[list[float], int, float]:
+    """(2xx latencies in ms, other answers, seconds from the first send to the last answer)."""
     latencies: list[float] = []
     errors = 0
+    last_done = 0.0
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one(scheduled: float) -> None:
-            nonlocal errors
+            nonlocal errors, last_done
             try:
                 async with session.post(url, data=body, headers={"Content-Type": content_type}) as response:
                     await response.read()
@@ -103,6 +129,7 @@ async def _open_loop(url: str, body: bytes, content_type: str, rate: float, seco
                         errors += 1
             except (aiohttp.ClientError, TimeoutError):
                 errors += 1
+            last_done = max(last_done, time.perf_counter())
 
         tasks = []
         start = time.perf_counter()
@@ -114,13 +141,13 @@ async def _open_loop(url: str, body: bytes, content_type: str, rate: float, seco
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(scheduled)))
         await asyncio.gather(*tasks)
-    return latencies, errors
+    return latencies, errors, max(last_done - start, 1e-9)
 
 
 def open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: float) -> dict[str, Any]:
     """Requests sent at a fixed `rate` per second for `seconds`, whatever the server's pace."""
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    latencies, errors = asyncio.run(_open_loop(url, body, content_type, rate, seconds))
+    latencies, errors, measured = asyncio.run(_open_loop(url, body, content_type, rate, seconds))
     wall = time.perf_counter() - wall0
     return {
         "mode": "open",
@@ -128,7 +155,9 @@ def open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: fl
         "seconds": seconds,
         "ok": len(latencies),
         "errors": errors,
-        "throughput": len(latencies) / wall,
+        "throughput": len(latencies) / measured,
+        "measured_s": measured,
+        "tail_share": max(measured - seconds, 0.0) / measured,
         "client_cpu_s": time.process_time() - cpu0,
         "wall_s": wall,
         **percentiles(latencies),

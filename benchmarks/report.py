@@ -92,9 +92,9 @@ def case_markdown(case: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| server | saturation images/s (at c) | p50 ms c=1 | p99 ms at saturation | server CPU-ms/image "
+        "| server | saturation images/s (at c) | tail % | p50 ms c=1 | p99 ms at saturation | server CPU-ms/image "
         "| client CPU s | errors | cold start s | RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, server in case["servers"].items():
         sat = saturation(server)
@@ -102,7 +102,8 @@ def case_markdown(case: dict[str, Any]) -> str:
         errors = sum(r["errors"] for r in server["rows"])
         rss = sum(server["rss_bytes"].values()) / 2**20
         lines.append(
-            f"| {name} | {_fmt(sat['throughput'])} ({sat['step']:g}) | {_fmt(one['p50_ms'] if one else math.nan)} | "
+            f"| {name} | {_fmt(sat['throughput'])} ({sat['step']:g}) | {_fmt(100 * sat['tail_share'])} | "
+            f"{_fmt(one['p50_ms'] if one else math.nan)} | "
             f"{_fmt(sat['p99_ms'])} | {_fmt(sat['server_cpu_ms_per_image'])} | {_fmt(sat['client_cpu_s'])} | "
             f"{errors:g} | {_fmt(server['cold_start_s'])} | {_fmt(rss, 0)} |"
         )
@@ -186,7 +187,10 @@ def write(results: dict[str, Any], out: Path) -> str:
         + ", ".join(f"{k}={v}" for k, v in results["settings"].items())
         + ".",
         "",
-        "Medians over interleaved repeats. Server CPU is every process of the server (Ray's own included).",
+        "Medians over interleaved repeats. Throughput is answers over measured time, from the first request "
+        "sent to the last answer received, for every server and the raw pipeline alike; `tail %` is the share "
+        "of that time spent after the step's nominal end, finishing the requests then in flight. Server CPU "
+        "is every process of the server (Ray's own included).",
         "",
     ]
     for case in results["cases"]:

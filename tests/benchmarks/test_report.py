@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from benchmarks import adaptive, report
+from benchmarks import adaptive, load, report
 from benchmarks.load import parse_hey_csv, percentiles
 from benchmarks.run import median_rows
 from benchmarks.servers import make_server, vision_maas_config
@@ -21,10 +22,34 @@ HEY_CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-
 
 
 def test_hey_csv_counts_successes_errors_and_the_last_completion() -> None:
-    ok, errors, last = parse_hey_csv(HEY_CSV)
-    assert ok == pytest.approx([10.0, 30.0])
-    assert errors == 1
-    assert last == pytest.approx(0.07)
+    run = parse_hey_csv(HEY_CSV)
+    assert run.ok_ms == pytest.approx([10.0, 30.0])
+    assert run.errors == 1
+    assert run.first_sent_s == pytest.approx(0.001)
+    assert run.last_done_s == pytest.approx(0.07)
+    assert run.measured_s == pytest.approx(0.069)
+
+
+def hey_csv(rows: list[tuple[float, float]]) -> str:
+    """A `hey -o csv` body of 200 answers, each (send offset s, response time s)."""
+    lines = ["response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset"]
+    lines += [f"{took:.4f},0,0,0,{took:.4f},0,200,{sent:.4f}" for sent, took in rows]
+    return "\n".join(lines) + "\n"
+
+
+def test_closed_loop_throughput_comes_from_measured_time_not_the_nominal_duration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """32 clients at 1.4 s an answer for a nominal 5 s: the last of 4 rounds is sent at 4.2 s, answered at 5.6 s."""
+    body = hey_csv([(round_ * 1.4 + 0.001 * client, 1.4) for round_ in range(4) for client in range(32)])
+    monkeypatch.setattr(load.subprocess, "run", lambda *_, **__: SimpleNamespace(stdout=body))
+    monkeypatch.setattr(load, "hey_binary", lambda: "hey")
+    got = load.closed_loop("http://127.0.0.1:9/x", b"x", "image/jpeg", 32, 5.0)
+    assert got["ok"] == 128
+    assert got["measured_s"] == pytest.approx(5.631)
+    # 22.7 per second, where the nominal duration would claim 25.6 (the tail counted for free).
+    assert got["throughput"] == pytest.approx(128 / 5.631)
+    assert got["tail_share"] == pytest.approx(0.631 / 5.631)
 
 
 def test_percentiles_of_known_latencies() -> None:
@@ -41,6 +66,7 @@ def row(mode: str, step: float, throughput: float, p50: float, p99: float, cpu: 
         "mode": mode,
         key: step,
         "throughput": throughput,
+        "tail_share": 0.05,
         "p50_ms": p50,
         "p90_ms": p99,
         "p99_ms": p99,
@@ -118,7 +144,7 @@ def test_report_writes_tables_and_plots(tmp_path: Path) -> None:
         "cases": [case()],
     }
     markdown = report.write(results, tmp_path)
-    assert "| vision-maas | 38.0 (16) | 35.0 | 500.0 | 52.0 |" in markdown
+    assert "| vision-maas | 38.0 (16) | 5.0 | 35.0 | 500.0 | 52.0 |" in markdown
     assert "| throughput / litserve at p99 <= 480 ms | 0.78 | >= 1.1 | NO |" in markdown
     for name in ("results.md", "resnet18_640x480_throughput.png", "resnet18_640x480_latency_cdf.png"):
         assert (tmp_path / name).stat().st_size > 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ from tests.serve_cluster import REPO, free_port
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("hey") is None, reason="the load generator hey is not installed: `make tools` installs it"
+)
 def test_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "benchmarks.run", "--models", "digits_cnn", "--sizes", "224x224",
@@ -33,6 +37,9 @@ def test_benchmark_suite_runs_end_to_end_and_reports(tmp_path: Path) -> None:
             assert r["ok"] > 0, (name, r)
             assert r["errors"] == 0, (name, r)
             assert r["server_cpu_ms_per_image"] > 0
+            # Answers over measured time (first request sent to last answer), not the nominal step.
+            assert r["throughput"] == pytest.approx(r["ok"] / r["measured_s"]), (name, r)
+            assert 0.0 <= r["tail_share"] < 1.0
         assert server["cold_start_s"] > 0
     # The server's own processes, Ray's included, were counted.
     assert len(case["servers"]["vision-maas"]["rss_bytes"]) > 3
