@@ -22,8 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 serve: $(STAMP)  ## run the server on http://127.0.0.1:8000 (Ctrl-C stops it and Ray)
-	@$(BIN)/python -m deployments.announce $(CONFIG) &
-	$(BIN)/serve run $(CONFIG)
+	$(BIN)/python -m deployments.announce $(CONFIG) -- $(BIN)/serve run $(CONFIG)
 
 test: $(STAMP) tools  ## the whole suite: lint, types, unit, integration, browser
 	$(BIN)/ruff check .

@@ -1,0 +1,266 @@
+"""A first `make serve`: the shipped config schedules on 2 cores with API keys on, and a config that
+cannot start says why on the console.
+
+The slow tests run the Makefile's serve recipe (`python -m deployments.announce CONFIG -- serve run
+CONFIG`, with the Makefile's exports) on a copy of the shipped config in a temporary folder: a Ray
+cluster of their own, on free ports, whose processes they stop themselves; the session's cluster
+(tests/conftest.py) is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from deployments.auth import RateLimiter
+from deployments.ray_env import THROUGHPUT_ENV, haproxy_side_ports
+from tests.serve_cluster import DEFAULT_CONFIG, REPO, free_port
+
+CORES = 2.0
+IMAGENET_CONFIG = REPO / "deployments" / "serve_config.imagenet.yaml"
+SERVE = str(Path(sys.executable).parent / "serve")
+# The Makefile's exports for `make serve` (tests/unit/test_ray_env.py keeps THROUGHPUT_ENV equal to them).
+MAKE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", **THROUGHPUT_ENV}
+EXPLAIN_WITHIN_S = 30.0
+
+
+def _cpus(deployment: dict[str, Any]) -> float:
+    return float(deployment.get("ray_actor_options", {}).get("num_cpus", 1))
+
+
+@pytest.mark.parametrize("path", [DEFAULT_CONFIG, IMAGENET_CONFIG], ids=lambda p: p.name)
+def test_shipped_config_leaves_room_on_two_cores_for_api_keys_and_a_second_replica(path: Path) -> None:
+    (app,) = yaml.safe_load(path.read_text())["applications"]
+    replicas = sum(_cpus(d) * d.get("num_replicas", 1) for d in app["deployments"])
+    limiter = float(RateLimiter.ray_actor_options["num_cpus"])
+    second = max(_cpus(d) for d in app["deployments"] if d["name"] != "Ingress")
+    assert replicas + limiter + second <= CORES
+
+
+def _direct_ingress_ports(width: int = 100) -> dict[str, str]:
+    """A band of free ports, below the ephemeral range, for the replicas' own HTTP and gRPC servers
+    (Serve's throughput-optimized path; 30000-31000 and 40000-41000 by default, on every host)."""
+    for base in random.sample(range(20000, 29000, width), 20):
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + width):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        half = base + width // 2
+        return {
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(half - 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(half),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + width - 1),
+        }
+    raise RuntimeError("no band of free ports for the replicas' own servers")
+
+
+class FirstRun:
+    """`make serve`'s command on `config`, in its own process group; every process it starts is recorded."""
+
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str]) -> None:
+        self.stdout = workdir / "stdout.txt"
+        self.stderr = workdir / "stderr.txt"
+        self.started = time.monotonic()
+        # The child holds its own copies of the two files; ours close at once.
+        with self.stdout.open("w") as out, self.stderr.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deployments.announce", str(config), "--", SERVE, "run", str(config)],
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
+                stdout=out,
+                stderr=err,
+            )
+        self.seen: dict[int, psutil.Process] = {}
+
+    def record(self) -> None:
+        """Remember the processes started so far (Ray's, under `serve run`), to stop exactly those."""
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+
+    def wait_for(self, pattern: str, stream: str, timeout_s: float) -> float:
+        """Seconds from the start until `pattern` appears on stdout or stderr; fails on timeout or exit."""
+        path = self.stdout if stream == "stdout" else self.stderr
+        deadline = self.started + timeout_s
+        while time.monotonic() < deadline:
+            self.record()
+            if re.search(pattern, path.read_text()):
+                return time.monotonic() - self.started
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise AssertionError(
+            f"{pattern!r} not on {stream} after {time.monotonic() - self.started:.0f}s:\n{self.output()}"
+        )
+
+    def output(self) -> str:
+        return f"--- stdout\n{self.stdout.read_text()[-4000:]}\n--- stderr\n{self.stderr.read_text()[-6000:]}"
+
+    def interrupt(self, timeout_s: float = 200.0) -> int:
+        """Ctrl-C: SIGINT to the foreground process group, as a terminal sends it."""
+        self.record()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout_s)
+
+    def alive(self, grace_s: float = 30.0) -> list[str]:
+        """The recorded processes still running after `grace_s`."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            left = [p for p in self.seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            if not left or time.monotonic() > deadline:
+                return [f"{p.pid} {p.name()}" for p in left]
+            time.sleep(1)
+
+    def kill(self) -> None:
+        """Stop everything this run started, and nothing else."""
+        self.record()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for proc in self.seen.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def first_run(tmp_path: Path) -> Iterator[Any]:
+    runs: list[FirstRun] = []
+
+    def start(app_changes: dict[str, Any], env: dict[str, str] | None = None) -> tuple[FirstRun, str]:
+        config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+        port = free_port()
+        config["http_options"]["port"] = port
+        (app,) = config["applications"]
+        for key, value in app_changes.items():
+            app[key] = value(app[key]) if callable(value) else value
+        path = tmp_path / "serve_config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("VISION_MAAS_") and k != "RAY_ADDRESS"}
+        # Ports of its own where Serve has per-host defaults: another local cluster (the session's,
+        # a benchmark's) may hold them, and an ingress port shared with it mixes up the two apps.
+        own_ports = haproxy_side_ports(free_port(), free_port()) | _direct_ingress_ports()
+        run = FirstRun(path, tmp_path, environ | MAKE_ENV | own_ports | (env or {}))
+        runs.append(run)
+        return run, f"http://127.0.0.1:{port}"
+
+    yield start
+    for run in runs:
+        run.kill()
+
+
+def _with_api_keys(keys_file: Path) -> Any:
+    def change(args: dict[str, Any]) -> dict[str, Any]:
+        return args | {"auth": {"enabled": True, "keys_file": str(keys_file)}}
+
+    return change
+
+
+@pytest.mark.slow
+def test_shipped_config_with_api_keys_on_starts_on_two_cores_and_answers_401_then_200(
+    first_run: Any, tmp_path: Path, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "deployments.auth", "new-key", "--tenant", "first-run", "--models", "digits_cnn"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(made.stdout)
+    (key,) = re.findall(r"vmk_\S+", made.stderr)
+    run, url = first_run({"args": _with_api_keys(keys_file)})
+    try:
+        ready_s = run.wait_for(r"vision-maas is ready at http://127\.0\.0\.1:\d+/", "stdout", 420)
+        print(f"ready {ready_s:.0f}s after start")
+        assert "waiting for" not in run.stderr.read_text(), run.output()
+        png, label = digit_pngs[0]
+        predict = f"{url}/v1/models/digits_cnn:predict"
+        with httpx.Client(timeout=60.0, headers={"Content-Type": "image/png"}) as http:
+            anonymous = http.post(predict, content=png)
+            assert anonymous.status_code == 401, anonymous.text
+            answer = http.post(predict, content=png, headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["predictions"][0]["labels"][0]["label"] == str(label)
+        # Ctrl-C stops `serve run`, Serve and Ray: nothing the run started is left.
+        assert run.interrupt() == 0, run.output()
+        assert run.alive() == []
+    except BaseException:
+        print(run.output())
+        raise
+
+
+@pytest.mark.slow
+def test_replica_asking_more_cpus_than_the_machine_has_is_explained_on_the_console_within_30s(first_run: Any) -> None:
+    def one_greedy_model(deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [dict(d) for d in deployments if d["name"] in ("Ingress", "digits_cnn")]
+        kept[1]["ray_actor_options"] = {"num_cpus": 64}
+        return kept
+
+    def one_model(args: dict[str, Any]) -> dict[str, Any]:
+        return args | {"models": [{"name": "digits_cnn"}]}
+
+    run, _ = first_run({"args": one_model, "deployments": one_greedy_model})
+    try:
+        # Starting Ray itself is out of the announcer's hands (20 s on a busy 2-core machine).
+        ray_up_s = run.wait_for(r"Started a local Ray instance", "stderr", 120)
+        explained_s = run.wait_for(
+            r"digits_cnn: 1 replica waiting for \{CPU: 64\.0\}; cluster has CPU \d+\.\d+, [\d.]+ free "
+            r"\(never enough: more than the whole cluster has\)",
+            "stderr",
+            ray_up_s + EXPLAIN_WITHIN_S,
+        )
+        print(f"Ray up {ray_up_s:.0f}s, explained {explained_s:.0f}s after start")
+        assert "vision-maas: its 2 replicas ask for {CPU: 64.2} in all" in run.stderr.read_text()
+        assert run.proc.poll() is None  # still waiting: the user decides
+        assert run.interrupt() == 0, run.output()
+        assert run.alive() == []
+    except BaseException:
+        print(run.output())
+        raise
+
+
+@pytest.mark.slow
+def test_application_that_fails_to_deploy_is_explained_and_stops_serve_run_with_a_nonzero_status(
+    first_run: Any,
+) -> None:
+    # API keys on with no key store: build_app refuses to start, naming what is missing.
+    def keys_on_without_store(args: dict[str, Any]) -> dict[str, Any]:
+        return args | {"models": [{"name": "digits_cnn"}], "auth": {"enabled": True}}
+
+    def one_model(deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [d for d in deployments if d["name"] in ("Ingress", "digits_cnn")]
+
+    run, _ = first_run({"args": keys_on_without_store, "deployments": one_model})
+    try:
+        run.wait_for(r"vision-maas: DEPLOY_FAILED", "stderr", 120)
+        assert run.proc.wait(90) == 1, run.output()
+        err = run.stderr.read_text()
+        assert "authentication is on but no API keys are configured" in err
+        assert "stopping serve run" in err
+        assert run.alive() == []
+    except BaseException:
+        print(run.output())
+        raise
