@@ -195,7 +195,8 @@ def test_shipped_config_with_api_keys_on_starts_on_two_cores_and_answers_401_the
     try:
         ready_s = run.wait_for(r"vision-maas is ready at http://127\.0\.0\.1:\d+/", "stdout", 420)
         print(f"ready {ready_s:.0f}s after start")
-        assert "waiting for" not in run.stderr.read_text(), run.output()
+        # Nothing waited for CPUs (Serve's own "taken more than 30s" may appear on a busy machine).
+        assert not re.search(r"replicas? waiting for \{", run.stderr.read_text()), run.output()
         png, label = digit_pngs[0]
         predict = f"{url}/v1/models/digits_cnn:predict"
         with httpx.Client(timeout=60.0, headers={"Content-Type": "image/png"}) as http:
