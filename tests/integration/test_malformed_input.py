@@ -1,6 +1,6 @@
 """The malformed-input corpus and mutation fuzzing against every image route of a real Serve
-deployment: never a 5xx, always the expected status, always an answer in time, the model
-replica neither restarted nor bloated.
+deployment: never a 5xx, always the expected status, every answer sooner than the decode-time
+budget, the model replica neither restarted nor bloated.
 
 Every route carries the same bytes and gets the same status for a case: the ingress checks
 bodies (size, content type, framing) and the replica decodes with decode_image, so
@@ -17,6 +17,7 @@ import base64
 import io
 import json
 import random
+import statistics
 import struct
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from models.images import ImageLimits
 from tests.conftest import encode
 from tests.integration.conftest import CORE_MODELS, MAIN_APP, default_app_config
 from tests.security.corpus import CorpusCase, generate, mutations
@@ -37,6 +39,16 @@ PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"
 REPLICA_TITLE = f"ServeReplica:{MAIN_APP}:{MODEL}"
 REQUEST_TIMEOUT_S = float(default_app_config(only=CORE_MODELS)["args"]["limits"]["request_timeout_s"])
+# Hostile bytes must be refused by the cheap checks (size, magic bytes, header), never by a decode
+# that runs until the per-image budget stops it: every answer comes sooner than that budget. The
+# slowest case is the over-the-byte-limit PNG (20 MiB through the ingress), a few seconds at worst
+# on a starved 2-core machine.
+MAX_ANSWER_SECONDS = ImageLimits().max_decode_seconds
+# A typical hostile request costs about as much as a valid one: a median well under a second
+# (a tenth of a second or so even on a starved 2-core machine).
+MAX_MEDIAN_SECONDS = 1.0
+# What the replica keeps after decoding hostile images is allocator memory, not a leak: it levels
+# off within the first few hundred requests (at most about 150 MiB measured) and stays there.
 MAX_GROWTH_BYTES = 200 * 1024 * 1024
 WORKERS = 4  # a 2-core CI machine: enough to overlap network and decoding, no more
 FUZZ_COUNT = 300
@@ -191,9 +203,13 @@ def test_corpus_gets_only_expected_statuses_when_sent_to_each_image_route(
 ) -> None:
     cases: dict[str, CorpusCase] = {c.name: c for c in CORPUS}
     answers = send_all(http, ROUTES[route], [(c.name, c.data, c.content_type) for c in CORPUS])
-    # The per-case statuses and the slowest answer, for reports (junit XML, hooks); not asserted.
+    # The per-case statuses and the slowest answer with its case, for reports (junit XML, hooks).
     request.node.user_properties.append(("statuses", json.dumps({a.name: a.status for a in answers})))
-    request.node.user_properties.append(("slowest_seconds", round(max(a.seconds for a in answers), 3)))
+    slowest = max(answers, key=lambda a: a.seconds)
+    request.node.user_properties.append(("slowest_seconds", round(slowest.seconds, 3)))
+    request.node.user_properties.append(("slowest_case", slowest.name))
+    median = statistics.median(a.seconds for a in answers)
+    request.node.user_properties.append(("median_seconds", round(median, 3)))
 
     server_errors = [(a.name, a.status, a.body[:200]) for a in answers if a.status >= 500]
     assert not server_errors
@@ -201,8 +217,9 @@ def test_corpus_gets_only_expected_statuses_when_sent_to_each_image_route(
         (a.name, a.status, sorted(cases[a.name].expected)) for a in answers if a.status not in cases[a.name].expected
     ]
     assert not unexpected
-    slow = [(a.name, round(a.seconds, 2)) for a in answers if a.seconds >= REQUEST_TIMEOUT_S]
+    slow = [(a.name, round(a.seconds, 2)) for a in answers if a.seconds >= MAX_ANSWER_SECONDS]
     assert not slow
+    assert median < MAX_MEDIAN_SECONDS
     for answer in answers:
         if answer.status == 200:
             assert len(json.loads(answer.body)["outputs" if route == "v2_binary" else "predictions"]) >= 1
@@ -243,7 +260,9 @@ def test_mutated_digit_images_never_get_a_server_error_when_fuzzed(
     # Both outcomes exercised: the mutations neither all break the image nor all miss.
     assert statuses.get(200, 0) > 0, statuses
     assert statuses.get(400, 0) > 0, statuses
-    assert max(a.seconds for a in answers) < REQUEST_TIMEOUT_S
+    slowest = max(answers, key=lambda a: a.seconds)
+    request.node.user_properties.append(("slowest_seconds", round(slowest.seconds, 3)))
+    assert slowest.seconds < MAX_ANSWER_SECONDS, (slowest.name, slowest.seconds)
     assert_replica_unharmed(http, baseline, request)
 
 
