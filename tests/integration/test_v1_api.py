@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from deployments.ingress import app
 from models.images import decode_image
@@ -291,16 +291,76 @@ def test_model_observes_batches_larger_than_one_when_requests_are_concurrent(
     assert max(s["batch_size"] for s in after["batch_stats"]) > 1
 
 
-def test_photo_is_decoded_and_resized_for_a_torchvision_model(client: httpx.Client) -> None:
-    # A large, EXIF-rotated WebP still yields one prediction.
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+# EXIF Orientation 6: "rotate 90 degrees clockwise to display"; 8: counter-clockwise.
+ROTATE_CLOCKWISE_TO_DISPLAY = 6
+ROTATE_COUNTER_CLOCKWISE_TO_DISPLAY = 8
+# Lossless where the format allows it, so an upright decode equals the upright picture exactly.
+LOSSLESS: dict[str, dict[str, Any]] = {"PNG": {}, "WEBP": {"lossless": True}, "JPEG": {"quality": 95}}
+
+
+def stored_quarter_turned(upright: Image.Image, fmt: str, orientation: int | None) -> bytes:
+    """`upright` stored turned 90 degrees counter-clockwise, with `orientation` as its EXIF tag (None: no EXIF)."""
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    if orientation is None:
+        return encode(stored, fmt, **LOSSLESS[fmt])
     exif = Image.Exif()
-    exif[0x0112] = 6
-    buf = io.BytesIO()
-    img.save(buf, "WEBP", exif=exif)
-    response = predict(client, "resnet18", buf.getvalue(), "image/webp")
-    assert response.status_code == 200
-    assert len(response.json()["predictions"]) == 1
+    exif[ExifTags.Base.Orientation] = orientation
+    return encode(stored, fmt, exif=exif, **LOSSLESS[fmt])
+
+
+def scores(response: httpx.Response) -> dict[int, float]:
+    assert response.status_code == 200, response.text
+    return {label["index"]: label["score"] for label in response.json()["predictions"][0]["labels"]}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_exif_orientation_turns_a_stored_sideways_digit_upright_before_it_is_classified(
+    client: httpx.Client, digit_pngs: list[tuple[bytes, int]], fmt: str
+) -> None:
+    # A 6: on its side the model reads something else, and upside down it reads a 9.
+    png = next(png for png, label in digit_pngs if label == 6)
+    with Image.open(io.BytesIO(png)) as img:
+        upright = img.copy()
+    content_type = f"image/{fmt.lower()}"
+
+    def answer(orientation: int | None) -> httpx.Response:
+        return predict(client, "digits_cnn", stored_quarter_turned(upright, fmt, orientation), content_type, top_k=10)
+
+    undone = answer(ROTATE_CLOCKWISE_TO_DISPLAY)
+    assert top(undone) == ["6"]
+    assert top(predict(client, "digits_cnn", png)) == ["6"]
+    if fmt != "JPEG":
+        # Lossless: the turned-back pixels are the upright picture's, so are the scores.
+        expected = scores(predict(client, "digits_cnn", png, top_k=10))
+        assert scores(undone) == pytest.approx(expected, abs=1e-6)
+    # The same pixels without the tag stay on their side; the opposite tag turns them upside down.
+    assert top(answer(None)) != ["6"]
+    assert top(answer(ROTATE_COUNTER_CLOCKWISE_TO_DISPLAY)) == ["9"]
+
+
+def test_large_photo_of_a_digit_is_resized_to_the_same_label(
+    client: httpx.Client, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    # 25 times the 64x64 rendering: 1600x1600 JPEGs, decoded at reduced scale and fitted into 28x28.
+    chosen = digit_pngs[:5]
+    for png, label in chosen:
+        with Image.open(io.BytesIO(png)) as img:
+            large = img.convert("RGB").resize((1600, 1600), Image.Resampling.BICUBIC)
+        assert top(predict(client, "digits_cnn", encode(large, "JPEG", quality=90), "image/jpeg")) == [str(label)]
+
+
+def test_exif_orientation_is_applied_before_a_torchvision_model_resizes_and_crops(
+    client: httpx.Client, photo_jpeg: bytes
+) -> None:
+    # resnet18 resizes the short side to 256 and crops the centre 224x224: a sideways photo gives
+    # a different crop, so different scores, unless the decoder turns it upright first.
+    with Image.open(io.BytesIO(photo_jpeg)) as img:
+        upright = img.convert("RGB")
+    expected = scores(predict(client, "resnet18", encode(upright, "PNG"), top_k=1000))
+    turned = stored_quarter_turned(upright, "WEBP", ROTATE_CLOCKWISE_TO_DISPLAY)
+    assert scores(predict(client, "resnet18", turned, "image/webp", top_k=1000)) == pytest.approx(expected, abs=1e-5)
+    sideways = stored_quarter_turned(upright, "WEBP", None)
+    assert scores(predict(client, "resnet18", sideways, "image/webp", top_k=1000)) != pytest.approx(expected, abs=1e-5)
 
 
 def test_bad_image_in_a_multi_image_request_is_named_by_position(
