@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from deployments.auth import hash_key
 from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
+from tests.integration.test_observability import access_records, serve_log_lines, session_logs
 
 KEYS = {name: "vmk_" + secrets.token_urlsafe(32) for name in ("admin", "digits", "limited", "quota")}
 
@@ -124,12 +125,39 @@ def test_tenant_over_its_quota_gets_429_until_the_window_ends(
     assert int(refused.headers["Retry-After"]) > 60
 
 
-def test_keys_never_reach_the_logs(secured: str, digit_pngs: list[tuple[bytes, int]]) -> None:
-    _predict(secured, digit_pngs[0][0], Authorization=f"Bearer {KEYS['admin']}")
-    logs = Path("/tmp/ray/session_latest/logs")
-    assert logs.is_dir()
-    for path in logs.rglob("*"):
-        if path.is_file() and path.stat().st_size < 50_000_000:
-            text = path.read_bytes()
-            for key in KEYS.values():
-                assert key.encode() not in text, path.name
+def key_material(key: str) -> list[str]:
+    """Every form of `key` that would let a reader use or look up the key: itself, its secret part
+    (no `vmk_` prefix), a 12-character prefix of that part, and the sha256 the key store holds."""
+    secret = key.removeprefix("vmk_")
+    return [key, secret, secret[:12], hash_key(key)]
+
+
+def test_access_log_records_keyed_requests_without_any_key_material(
+    secured: str, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    bad = "vmk_" + secrets.token_urlsafe(32)
+    sent = {
+        f"auth-ok-{uuid.uuid4()}": (f"Bearer {KEYS['admin']}", 200, None),
+        f"auth-bad-{uuid.uuid4()}": (f"Bearer {bad}", 401, "unauthorized"),
+    }
+    for request_id, (authorization, status, _) in sent.items():
+        response = _predict(secured, digit_pngs[0][0], Authorization=authorization, **{"X-Request-ID": request_id})
+        assert response.status_code == status
+
+    # The requests were logged: one access line each, with what an operator needs.
+    for request_id, (_, status, error) in sent.items():
+        _, records = serve_log_lines(request_id, lambda rs: bool(access_records(rs)))
+        access = access_records(records)
+        assert len(access) == 1, records
+        line = access[0]
+        assert (line["method"], line["path"], line["status"]) == ("POST", "/v1/models/{model}:predict", status)
+        assert (line["request_id"], line["model"], line["error"]) == (request_id, "digits_cnn", error)
+
+    # ...and no file of this cluster's logs holds any form of any key, accepted or refused.
+    files = [path for path in session_logs().rglob("*") if path.is_file() and path.stat().st_size < 50_000_000]
+    assert any(path.name.startswith("replica_secured_Ingress") for path in files)
+    for path in files:
+        text = path.read_bytes()
+        for key in [*KEYS.values(), bad]:
+            for material in key_material(key):
+                assert material.encode() not in text, path.name

@@ -6,7 +6,9 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,6 +41,8 @@ PREDICT = "/v1/models/{model}:predict"
 WANTED: list[Want] = [
     ("ray_vision_maas_requests_total", {"model": "digits_cnn", "route": PREDICT, "status": "200"}, 5),
     ("ray_vision_maas_requests_total", {"model": "unknown", "route": PREDICT, "status": "404"}, 1),
+    ("ray_vision_maas_rejected_inputs_total", {"model": "digits_cnn", "reason": "invalid_image"}, 1),
+    ("ray_vision_maas_rejected_inputs_total", {"model": "digits_cnn", "reason": "unsupported_media_type"}, 1),
     ("ray_vision_maas_request_latency_ms_count", {"model": "digits_cnn", "route": PREDICT}, 5),
     ("ray_vision_maas_batch_size_count", {"model": "digits_cnn"}, 5),
     ("ray_vision_maas_queue_wait_ms_count", {"model": "digits_cnn"}, 5),
@@ -87,8 +91,15 @@ def _traffic_then_scrape(
             client.post("/v1/models/digits_cnn:predict", content=png, headers={"Content-Type": "image/png"}).status_code
             == 200
         )
-    bad = client.post("/v1/models/digits_cnn:predict", content=b"not an image", headers={"Content-Type": "image/png"})
-    assert bad.status_code in (400, 415)
+    # One input of each rejection reason: PNG magic then damage (400), bytes of no image format (415).
+    corrupt = client.post(
+        "/v1/models/digits_cnn:predict", content=digit_pngs[0][0][:100], headers={"Content-Type": "image/png"}
+    )
+    assert (corrupt.status_code, corrupt.json()["error"]["code"]) == (400, "invalid_image")
+    foreign = client.post(
+        "/v1/models/digits_cnn:predict", content=b"not an image", headers={"Content-Type": "image/png"}
+    )
+    assert (foreign.status_code, foreign.json()["error"]["code"]) == (415, "unsupported_media_type")
     assert (
         client.post("/v1/models/no_such_model:predict", content=b"x", headers={"Content-Type": "image/png"}).status_code
         == 404
@@ -107,8 +118,11 @@ def test_metrics_count_requests_by_model_route_and_status(scraped: list[tuple[st
 
 
 def test_metrics_count_rejected_inputs_by_reason(scraped: list[tuple[str, dict[str, str], float]]) -> None:
-    rejected = {ls["reason"] for n, ls, v in scraped if n == "ray_vision_maas_rejected_inputs_total" and v > 0}
-    assert rejected & {"invalid_image", "unsupported_media_type"}
+    name = "ray_vision_maas_rejected_inputs_total"
+    assert value(scraped, name, model="digits_cnn", reason="invalid_image") >= 1
+    assert value(scraped, name, model="digits_cnn", reason="unsupported_media_type") >= 1
+    assert value(scraped, "ray_vision_maas_requests_total", model="digits_cnn", route=PREDICT, status="400") >= 1
+    assert value(scraped, "ray_vision_maas_requests_total", model="digits_cnn", route=PREDICT, status="415") >= 1
 
 
 def test_metrics_show_batching_queue_wait_and_load_time_per_model(
@@ -153,38 +167,73 @@ def test_request_id_is_honoured_and_returned(client: httpx.Client, digit_pngs: l
     assert generated != client.get("/healthz").headers["x-request-id"]
 
 
+LogRecord = dict[str, Any]
+
+
+def session_logs() -> Path:
+    """The log directory of this test session's Ray cluster (never another cluster's on the machine)."""
+    node = ray._private.worker._global_node
+    assert node is not None, "Ray is not initialised: the `cluster` fixture starts it"
+    return Path(node.get_session_dir_path()) / "logs"
+
+
+def serve_log_lines(
+    request_id: str, done: Callable[[list[LogRecord]], bool], timeout_s: float = 30.0
+) -> tuple[list[str], list[LogRecord]]:
+    """The JSON lines of this cluster's Serve replica logs that hold `request_id` (raw and parsed),
+    once `done` holds for them or `timeout_s` has passed (Serve flushes its log files every line)."""
+    logs = session_logs() / "serve"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [
+            line
+            for path in logs.glob("replica_*.log")
+            for line in path.read_text(errors="replace").splitlines()
+            if request_id in line
+        ]
+        records = [json.loads(line) for line in lines]
+        if done(records) or time.monotonic() > deadline:
+            return lines, records
+        time.sleep(1.0)
+
+
+def access_records(records: list[LogRecord], path: str = PREDICT) -> list[LogRecord]:
+    """The ingress's access lines among `records` for the route template `path`."""
+    return [r for r in records if r.get("path") == path and "method" in r]
+
+
 def test_logs_are_structured_with_request_id_model_and_status_and_no_image_bytes(
     client: httpx.Client, digit_pngs: list[tuple[bytes, int]]
 ) -> None:
     request_id = f"log-{uuid.uuid4()}"
-    png = digit_pngs[0][0]
-    client.post(
+    response = client.post(
         "/v1/models/digits_cnn:predict",
-        content=png,
+        content=digit_pngs[0][0],
+        params={"top_k": 7},
         headers={"Content-Type": "image/png", "X-Request-ID": request_id, "Authorization": "Bearer secret-key-value"},
     )
-    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
-    deadline = time.monotonic() + 30
-    records: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        records = []
-        for path in logs.glob("replica_*.log"):
-            for line in path.read_text(errors="replace").splitlines():
-                if request_id in line:
-                    assert "secret-key-value" not in line
-                    assert "iVBOR" not in line  # no image bytes, base64 or raw
-                    assert "PNG" not in line
-                    records.append(json.loads(line))
-        access = [r for r in records if r.get("path") == "/v1/models/{model}:predict"]
-        model_side = [r for r in records if r.get("call") == "predict"]
-        if access and model_side:
-            break
-        time.sleep(1.0)
-    assert access, records
-    assert model_side, records
-    assert access[0]["status"] == 200
-    assert access[0]["model"] == "digits_cnn"
-    assert access[0]["request_id"] == request_id
-    assert model_side[0]["model"] == "digits_cnn"
-    assert model_side[0]["batch_sizes"]
-    assert model_side[0]["latency_ms"] > 0
+    assert response.status_code == 200
+
+    def model_side(records: list[LogRecord]) -> list[LogRecord]:
+        return [r for r in records if r.get("call") == "predict"]
+
+    lines, records = serve_log_lines(request_id, lambda rs: bool(access_records(rs) and model_side(rs)))
+    for line in lines:
+        assert "secret-key-value" not in line
+        assert "iVBOR" not in line  # no image bytes, base64 or raw
+        assert "PNG" not in line
+        assert "top_k" not in line  # no parameters
+    access = access_records(records)
+    assert len(access) == 1, records
+    line = access[0]
+    assert (line["method"], line["status"], line["model"], line["error"]) == ("POST", 200, "digits_cnn", None)
+    assert line["request_id"] == request_id
+    assert line["latency_ms"] > 0
+    calls = model_side(records)
+    assert len(calls) == 1, records
+    call = calls[0]
+    assert (call["model"], call["items"], call["outcome"]) == ("digits_cnn", 1, "ok")
+    assert len(call["batch_sizes"]) == 1
+    assert call["batch_sizes"][0] >= 1
+    assert call["preprocess_ms"] >= 0
+    assert call["latency_ms"] > 0
