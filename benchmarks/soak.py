@@ -25,6 +25,8 @@ from benchmarks.servers import Running, make_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+SATURATION_CLIENTS = 32  # where the main run saturates resnet18 on 2 cores
+
 
 def growth(samples: list[dict[str, Any]], settle_s: float) -> dict[str, float]:
     """Relative RSS growth of the model replicas and of the whole server, after `settle_s`."""
@@ -54,7 +56,7 @@ def main() -> None:
     samples: list[dict[str, Any]] = []
     try:
         cold_start_s = running.wait_ready(image)
-        saturation = closed_loop(server.url, image, "image/jpeg", 32, 10.0)["throughput"]
+        saturation = closed_loop(server.url, image, "image/jpeg", SATURATION_CLIENTS, 10.0)["throughput"]
         rate = saturation / 2
         print(f"saturation {saturation:.1f} images/s; soaking at {rate:.1f}/s for {args.minutes:g} min", flush=True)
         stop = threading.Event()
@@ -83,6 +85,7 @@ def main() -> None:
         "model": args.model,
         "cold_start_s": cold_start_s,
         "saturation": saturation,
+        "saturation_clients": SATURATION_CLIENTS,
         "load": {k: v for k, v in load.items() if k != "quantiles_ms"},
         "samples": samples,
         "growth": growth(samples, 60.0),

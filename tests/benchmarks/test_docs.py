@@ -1,0 +1,36 @@
+"""docs/benchmarks.md is generated from the results files: its figures are the files' figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import docs
+
+
+def test_the_benchmarks_page_states_what_the_results_files_hold() -> None:
+    page = docs.PAGE.read_text()
+    assert docs.render(page) == page, "docs/benchmarks.md is stale: run python -m benchmarks.docs"
+
+
+def test_rendering_replaces_each_generated_block_and_keeps_the_prose() -> None:
+    page = "".join(
+        f"prose {name}\n<!-- generated: {name} -->\nstale 1.0\n<!-- end generated -->\n" for name in docs.BLOCKS
+    )
+    fresh = docs.render(page)
+    assert "stale 1.0" not in fresh
+    for name, block in docs.BLOCKS.items():
+        assert f"prose {name}\n<!-- generated: {name} -->\n{block(docs.RESULTS)}<!-- end generated -->\n" in fresh
+
+
+def test_a_page_naming_an_unknown_or_missing_block_is_refused() -> None:
+    with pytest.raises(ValueError, match="generated blocks"):
+        docs.render("<!-- generated: nonsense -->\n<!-- end generated -->\n")
+
+
+def test_the_reproducing_command_repeats_the_runs_sweep_and_output_folder() -> None:
+    settings = {"models": ["resnet18"], "sizes": ["640x480"], "concurrency": [1, 32], "open_loop": [0.5, 0.9],
+                "repeats": 2, "step_s": 8.0, "raw_s": 8.0}  # fmt: skip
+    assert docs.run_command(settings, "benchmarks/results/quick/x") == (
+        "python -m benchmarks.run --models resnet18 --sizes 640x480 --concurrency 1 32 --open-loop 0.5 0.9 "
+        "--repeats 2 --step-s 8 --raw-s 8 --out benchmarks/results/quick/x"
+    )
