@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 import yaml
@@ -175,72 +174,6 @@ def _with_api_keys(keys_file: Path) -> Any:
         return args | {"auth": {"enabled": True, "keys_file": str(keys_file)}}
 
     return change
-
-
-@pytest.mark.slow
-def test_shipped_config_with_api_keys_on_starts_on_two_cores_and_answers_401_then_200(
-    first_run: Any, tmp_path: Path, digit_pngs: list[tuple[bytes, int]]
-) -> None:
-    made = subprocess.run(
-        [sys.executable, "-m", "deployments.auth", "new-key", "--tenant", "first-run", "--models", "digits_cnn"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    keys_file = tmp_path / "keys.json"
-    keys_file.write_text(made.stdout)
-    (key,) = re.findall(r"vmk_\S+", made.stderr)
-    run, url = first_run({"args": _with_api_keys(keys_file)})
-    try:
-        ready_s = run.wait_for(r"vision-maas is ready at http://127\.0\.0\.1:\d+/", "stdout", 420)
-        print(f"ready {ready_s:.0f}s after start")
-        # Nothing waited for CPUs (Serve's own "taken more than 30s" may appear on a busy machine).
-        assert not re.search(r"replicas? waiting for \{", run.stderr.read_text()), run.output()
-        png, label = digit_pngs[0]
-        predict = f"{url}/v1/models/digits_cnn:predict"
-        with httpx.Client(timeout=60.0, headers={"Content-Type": "image/png"}) as http:
-            anonymous = http.post(predict, content=png)
-            assert anonymous.status_code == 401, anonymous.text
-            answer = http.post(predict, content=png, headers={"Authorization": f"Bearer {key}"})
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["predictions"][0]["labels"][0]["label"] == str(label)
-        # Ctrl-C stops `serve run`, Serve and Ray: nothing the run started is left.
-        assert run.interrupt() == 0, run.output()
-        assert run.alive() == []
-    except BaseException:
-        print(run.output())
-        raise
-
-
-@pytest.mark.slow
-def test_replica_asking_more_cpus_than_the_machine_has_is_explained_on_the_console_within_30s(first_run: Any) -> None:
-    def one_greedy_model(deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        kept = [dict(d) for d in deployments if d["name"] in ("Ingress", "digits_cnn")]
-        kept[1]["ray_actor_options"] = {"num_cpus": 64}
-        return kept
-
-    def one_model(args: dict[str, Any]) -> dict[str, Any]:
-        return args | {"models": [{"name": "digits_cnn"}]}
-
-    run, _ = first_run({"args": one_model, "deployments": one_greedy_model})
-    try:
-        # Starting Ray itself is out of the announcer's hands (20 s on a busy 2-core machine).
-        ray_up_s = run.wait_for(r"Started a local Ray instance", "stderr", 120)
-        explained_s = run.wait_for(
-            r"digits_cnn: 1 replica waiting for \{CPU: 64\.0\}; cluster has CPU \d+\.\d+, [\d.]+ free "
-            r"\(never enough: more than the whole cluster has\)",
-            "stderr",
-            ray_up_s + EXPLAIN_WITHIN_S,
-        )
-        print(f"Ray up {ray_up_s:.0f}s, explained {explained_s:.0f}s after start")
-        assert "vision-maas: its 2 replicas ask for {CPU: 64.2} in all" in run.stderr.read_text()
-        assert run.proc.poll() is None  # still waiting: the user decides
-        assert run.interrupt() == 0, run.output()
-        assert run.alive() == []
-    except BaseException:
-        print(run.output())
-        raise
 
 
 @pytest.mark.slow
