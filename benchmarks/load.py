@@ -63,6 +63,16 @@ def parse_hey_csv(text: str) -> HeyRun:
     return HeyRun(ok, errors, first if first != float("inf") else 0.0, last)
 
 
+def measured_rate(answers: int, measured_s: float, nominal_s: float) -> dict[str, float]:
+    """Answers per second of measured time, and the share of it spent past the nominal end
+    (finishing the requests then in flight)."""
+    return {
+        "throughput": answers / measured_s,
+        "measured_s": measured_s,
+        "tail_share": max(measured_s - nominal_s, 0.0) / measured_s,
+    }
+
+
 def hey_binary() -> str:
     """Path of the `hey` load generator (Debian package `hey`)."""
     path = shutil.which("hey")
@@ -95,10 +105,7 @@ def closed_loop(url: str, body: bytes, content_type: str, concurrency: int, seco
         # From measured time, as the raw ceiling: hey lets the requests in flight at its deadline
         # finish and reports them, so dividing by the nominal `seconds` would count the tail for free
         # (most for the slowest server at the most clients).
-        "throughput": len(run.ok_ms) / run.measured_s,
-        "measured_s": run.measured_s,
-        # The share of the measured time spent past the deadline, draining the requests in flight.
-        "tail_share": max(run.measured_s - seconds, 0.0) / run.measured_s,
+        **measured_rate(len(run.ok_ms), run.measured_s, seconds),
         "client_cpu_s": client_cpu,
         "wall_s": wall,
         **percentiles(run.ok_ms),
@@ -155,9 +162,7 @@ def open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: fl
         "seconds": seconds,
         "ok": len(latencies),
         "errors": errors,
-        "throughput": len(latencies) / measured,
-        "measured_s": measured,
-        "tail_share": max(measured - seconds, 0.0) / measured,
+        **measured_rate(len(latencies), measured, seconds),
         "client_cpu_s": time.process_time() - cpu0,
         "wall_s": wall,
         **percentiles(latencies),

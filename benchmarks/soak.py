@@ -25,7 +25,7 @@ from benchmarks.servers import Running, make_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-SATURATION_CLIENTS = 32  # where the main run saturates resnet18 on 2 cores
+SATURATION_CLIENTS = 32  # the main run's largest closed-loop step
 
 
 def growth(samples: list[dict[str, Any]], settle_s: float) -> dict[str, float]:

@@ -13,8 +13,8 @@ that all of them agree with this module).
 - RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH: gRPC's 4 MiB default would fail any request body
   over 4 MiB between the ingress and a model (500 instead of an answer); see check_body_limit.
 
-Measured on 2 cores (benchmarks/results/, README): the same app on Ray's default data path
-serves about a quarter of the requests per second of a light model (digits_cnn).
+docs/benchmarks.md measures it against Ray's default data path, side by side, for every
+benchmarked model.
 """
 
 from __future__ import annotations
