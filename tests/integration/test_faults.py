@@ -88,14 +88,20 @@ def replica_pids(app: str, deployment: str) -> list[int]:
     return pids
 
 
-def fault_app(max_queued_requests: int = 2000, prefix: str = "/faults") -> dict[str, Any]:
+def fault_app(
+    max_queued_requests: int = 2000, prefix: str = "/faults", ingress_slots: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """Two ingress replicas (as the chart runs them) and one model replica whose queue holds
-    requests while a killed replica is replaced, rather than shedding them."""
+    requests while a killed replica is replaced, rather than shedding them. `ingress_slots`
+    bounds each ingress replica's (running, queued) requests as well."""
     app = default_app_config(only=CORE_MODELS)
     app["route_prefix"] = prefix
     app["args"]["models"] = [{"name": "digits_cnn"}]
+    ingress: dict[str, Any] = {"name": "Ingress", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}}
+    if ingress_slots is not None:
+        ingress["max_ongoing_requests"], ingress["max_queued_requests"] = ingress_slots
     app["deployments"] = [
-        {"name": "Ingress", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}},
+        ingress,
         {
             "name": "digits_cnn",
             "ray_actor_options": {"num_cpus": 0.25},
@@ -238,9 +244,13 @@ def _closed_loop_throughput(send: Callable[[], str], seconds: float, workers: in
 
 def test_overload_beyond_the_queue_sheds_with_503_never_500_and_recovers(faults: tuple[ServeCluster, str]) -> None:
     cluster, base = faults
-    # A short queue, as a latency-bound service sets it: excess load is shed with 503.
+    # Short queues, as a latency-bound service sets them: excess load is shed with 503. Both
+    # stages are bounded: which one saturates first depends on the machine (on 2 cores the
+    # ingress, reading 1.4 MB bodies, can be the slower stage, and an unbounded front door then
+    # holds every request for seconds while the model's queue never fills).
     main = cluster.apps[MAIN_APP]
-    cluster.deploy({MAIN_APP: main, APP: fault_app(), "overload": fault_app(32, "/overload")})
+    overload = fault_app(32, "/overload", ingress_slots=(32, 16))
+    cluster.deploy({MAIN_APP: main, APP: fault_app(), "overload": overload})
     url = base.replace("/faults", "/overload")
     # A large image keeps each request busy for tens of milliseconds on this small model.
     rng = np.random.default_rng(0)
@@ -262,8 +272,9 @@ def test_overload_beyond_the_queue_sheds_with_503_never_500_and_recovers(faults:
         capacity, _ = _closed_loop_throughput(send, 8, workers=32)
         assert capacity > 0
         # Overload by requests in flight, not by a rate (a rate the client cannot reach would not
-        # overload): 192 at once, where the model holds 16 running plus 32 queued per ingress
-        # replica's router (2 replicas): whatever does not fit is shed.
+        # overload): 192 at once, where each of the 2 ingress replicas admits 32 running plus 16
+        # queued and the model holds 16 running plus 32 queued per ingress replica's router:
+        # whatever does not fit is shed.
         goodput, counts = _closed_loop_throughput(send, 20, workers=192)
         time.sleep(5)
         recovered, after = _closed_loop_throughput(send, 8, workers=32)
