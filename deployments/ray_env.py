@@ -19,7 +19,10 @@ benchmarked model.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import socket
 
 GRPC_MESSAGE_BYTES = 128 * 1024 * 1024
 # Room in one message for what travels with the body (parameters, the call's own framing).
@@ -50,11 +53,48 @@ def check_body_limit(max_body_bytes: int, environ: dict[str, str] | None = None)
         )
 
 
-def haproxy_side_ports(stats_port: int, metrics_port: int) -> dict[str, str]:
-    """HAProxy's stats and Prometheus ports for one Ray node where several share a host.
+# Serve's ports with a fixed default on every host (Ray picks its other ports itself). In a pod they
+# are the pod's own; two clusters, or two nodes, on one machine must each get theirs, or one
+# cluster's HAProxy answers with the other's application: its backup server is the fallback proxy
+# on 8500, and replicas bind their own servers in 30000-31000 / 40000-41000 with SO_REUSEPORT.
+_SINGLE_PORTS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",  # 8404
+    "RAY_SERVE_HAPROXY_METRICS_PORT",  # 9101
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",  # 8500
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",  # 9500
+)
+# Below Linux's ephemeral range (32768 and up), where no client socket takes a port later.
+_BAND_RANGE = (20000, 32000)
 
-    Each node's HAProxy binds them (8404 and 9101 by default, on every interface); in a pod they are
-    the pod's own, but two nodes on one machine (the multi-node test, a benchmark server beside a
-    running cluster) must each get theirs. Ray already keeps each node's HAProxy files apart.
+
+def host_ports_of_its_own(replica_ports: int = 128, rng: random.Random | None = None) -> dict[str, str]:
+    """Environment giving one Ray node Serve ports no other local cluster uses.
+
+    One band of ports free now, below the ephemeral range: the four single ports, then
+    `replica_ports` each for the replicas' own HTTP and gRPC servers (direct ingress).
     """
-    return {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port)}
+    rng = rng or random.Random()
+    width = len(_SINGLE_PORTS) + 2 * replica_ports
+    low, high = _BAND_RANGE
+    for base in rng.sample(range(low, high - width, width), 32):
+        if not _all_free(range(base, base + width)):
+            continue
+        http, grpc = base + len(_SINGLE_PORTS), base + len(_SINGLE_PORTS) + replica_ports
+        return {name: str(base + i) for i, name in enumerate(_SINGLE_PORTS)} | {
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(grpc - 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + width - 1),
+        }
+    raise RuntimeError(f"no band of {width} free ports in {low}-{high}")
+
+
+def _all_free(ports: range) -> bool:
+    with contextlib.ExitStack() as stack:
+        try:
+            for port in ports:
+                sock = stack.enter_context(socket.socket())
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

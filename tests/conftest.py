@@ -79,9 +79,13 @@ def cluster() -> Iterator[ServeCluster]:
     import ray
     from ray import serve
 
+    from deployments.ray_env import host_ports_of_its_own
     from tests.serve_cluster import MAIN_APP, ServeCluster, default_app_config, free_port
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve's per-host ports of its own (Ray's processes inherit them): a first-run test, a
+    # benchmark or `make serve` may run a cluster beside this one.
+    os.environ.update(host_ports_of_its_own())
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve_cluster = ServeCluster(free_port())

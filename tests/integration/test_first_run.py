@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 import yaml
 
 from deployments.auth import RateLimiter
-from deployments.ray_env import THROUGHPUT_ENV, haproxy_side_ports
+from deployments.ray_env import THROUGHPUT_ENV, host_ports_of_its_own
 from tests.serve_cluster import DEFAULT_CONFIG, REPO, free_port
 
 CORES = 2.0
@@ -49,27 +48,6 @@ def test_shipped_config_leaves_room_on_two_cores_for_api_keys_and_a_second_repli
     limiter = float(RateLimiter.ray_actor_options["num_cpus"])
     second = max(_cpus(d) for d in app["deployments"] if d["name"] != "Ingress")
     assert replicas + limiter + second <= CORES
-
-
-def _direct_ingress_ports(width: int = 100) -> dict[str, str]:
-    """A band of free ports, below the ephemeral range, for the replicas' own HTTP and gRPC servers
-    (Serve's throughput-optimized path; 30000-31000 and 40000-41000 by default, on every host)."""
-    for base in random.sample(range(20000, 29000, width), 20):
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + width):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        half = base + width // 2
-        return {
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(half - 1),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(half),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + width - 1),
-        }
-    raise RuntimeError("no band of free ports for the replicas' own servers")
 
 
 class FirstRun:
@@ -131,6 +109,11 @@ class FirstRun:
                 return [f"{p.pid} {p.name()}" for p in left]
             time.sleep(1)
 
+    def stops_on_ctrl_c(self) -> None:
+        """Ctrl-C stops `serve run`, Serve and Ray with status 0: nothing the run started is left."""
+        assert self.interrupt() == 0, self.output()
+        assert self.alive() == []
+
     def kill(self) -> None:
         """Stop everything this run started, and nothing else."""
         self.record()
@@ -158,14 +141,15 @@ def first_run(tmp_path: Path) -> Iterator[Any]:
         path.write_text(yaml.safe_dump(config))
         environ = {k: v for k, v in os.environ.items() if not k.startswith("VISION_MAAS_") and k != "RAY_ADDRESS"}
         # Ports of its own where Serve has per-host defaults: another local cluster (the session's,
-        # a benchmark's) may hold them, and an ingress port shared with it mixes up the two apps.
-        own_ports = haproxy_side_ports(free_port(), free_port()) | _direct_ingress_ports()
-        run = FirstRun(path, tmp_path, environ | MAKE_ENV | own_ports | (env or {}))
+        # a benchmark's) may hold them, and its HAProxy would then answer with the other's app.
+        run = FirstRun(path, tmp_path, environ | MAKE_ENV | host_ports_of_its_own() | (env or {}))
         runs.append(run)
         return run, f"http://127.0.0.1:{port}"
 
     yield start
     for run in runs:
+        # Shown by pytest only when the test failed.
+        print(run.output())
         run.kill()
 
 
@@ -174,6 +158,61 @@ def _with_api_keys(keys_file: Path) -> Any:
         return args | {"auth": {"enabled": True, "keys_file": str(keys_file)}}
 
     return change
+
+
+@pytest.mark.slow
+def test_shipped_config_with_api_keys_on_starts_on_two_cores_and_answers_401_then_200(
+    first_run: Any, tmp_path: Path, digit_pngs: list[tuple[bytes, int]]
+) -> None:
+    made = subprocess.run(
+        [sys.executable, "-m", "deployments.auth", "new-key", "--tenant", "first-run", "--models", "digits_cnn"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(made.stdout)
+    (key,) = re.findall(r"vmk_\S+", made.stderr)
+    run, url = first_run({"args": _with_api_keys(keys_file)})
+    ready_s = run.wait_for(r"vision-maas is ready at http://127\.0\.0\.1:\d+/", "stdout", 420)
+    print(f"ready {ready_s:.0f}s after start")
+    # Nothing waited for CPUs (Serve's own "taken more than 30s" may appear on a busy machine).
+    assert not re.search(r"replicas? waiting for \{", run.stderr.read_text()), run.output()
+    png, label = digit_pngs[0]
+    predict = f"{url}/v1/models/digits_cnn:predict"
+    with httpx.Client(timeout=60.0, headers={"Content-Type": "image/png"}) as http:
+        anonymous = http.post(predict, content=png)
+        assert anonymous.status_code == 401, anonymous.text
+        answer = http.post(predict, content=png, headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"][0]["labels"][0]["label"] == str(label)
+    run.stops_on_ctrl_c()
+
+
+@pytest.mark.slow
+def test_replica_asking_more_cpus_than_the_machine_has_is_explained_on_the_console_within_30s(first_run: Any) -> None:
+    def one_greedy_model(deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [dict(d) for d in deployments if d["name"] in ("Ingress", "digits_cnn")]
+        kept[1]["ray_actor_options"] = {"num_cpus": 64}
+        return kept
+
+    def one_model(args: dict[str, Any]) -> dict[str, Any]:
+        return args | {"models": [{"name": "digits_cnn"}]}
+
+    run, _ = first_run({"args": one_model, "deployments": one_greedy_model})
+    # Starting Ray itself is out of the announcer's hands (20 s on a busy 2-core machine).
+    ray_up_s = run.wait_for(r"Started a local Ray instance", "stderr", 120)
+    explained_s = run.wait_for(
+        r"digits_cnn: 1 replica waiting for \{CPU: 64\.0\}; cluster has CPU \d+\.\d+, [\d.]+ free "
+        r"\(never enough: more than the whole cluster has\)",
+        "stderr",
+        ray_up_s + EXPLAIN_WITHIN_S,
+    )
+    print(f"Ray up {ray_up_s:.0f}s, explained {explained_s:.0f}s after start")
+    assert "vision-maas: its 2 replicas ask for {CPU: 64.2} in all" in run.stderr.read_text()
+    assert run.proc.poll() is None  # still waiting: the user decides
+    run.stops_on_ctrl_c()
 
 
 @pytest.mark.slow
@@ -188,13 +227,9 @@ def test_application_that_fails_to_deploy_is_explained_and_stops_serve_run_with_
         return [d for d in deployments if d["name"] in ("Ingress", "digits_cnn")]
 
     run, _ = first_run({"args": keys_on_without_store, "deployments": one_model})
-    try:
-        run.wait_for(r"vision-maas: DEPLOY_FAILED", "stderr", 120)
-        assert run.proc.wait(90) == 1, run.output()
-        err = run.stderr.read_text()
-        assert "authentication is on but no API keys are configured" in err
-        assert "stopping serve run" in err
-        assert run.alive() == []
-    except BaseException:
-        print(run.output())
-        raise
+    run.wait_for(r"vision-maas: DEPLOY_FAILED", "stderr", 120)
+    assert run.proc.wait(90) == 1, run.output()
+    err = run.stderr.read_text()
+    assert "authentication is on but no API keys are configured" in err
+    assert "stopping serve run" in err
+    assert run.alive() == []

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from deployments.auth import hash_key
-from deployments.ray_env import haproxy_side_ports
+from deployments.ray_env import host_ports_of_its_own
 from tests.k8s.conftest import rayservice, render_module
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -56,8 +56,8 @@ def _start(args: list[str], env: dict[str, str]) -> int:
     """Run `ray start` in a new process group; the group id lets teardown stop only this node."""
     proc = subprocess.Popen(
         [RAY, "start", *args],
-        # Each node's HAProxy binds its own stats and metrics ports, as in its own pod.
-        env=env | haproxy_side_ports(free_port(), free_port()),
+        # Each node's Serve ports are its own, as in its own pod.
+        env=env | host_ports_of_its_own(),
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

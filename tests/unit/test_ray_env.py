@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import re
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
 from deployments.args import LimitsArgs
-from deployments.ray_env import CLASSIC_ENV, THROUGHPUT_ENV, check_body_limit
+from deployments.ray_env import CLASSIC_ENV, THROUGHPUT_ENV, check_body_limit, host_ports_of_its_own
 from tests.unit.test_dockerfile import assignments, parse_dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,3 +60,47 @@ def test_body_limit_over_the_grpc_message_cap_is_refused_at_deploy_time() -> Non
 def test_classic_data_path_has_no_message_cap() -> None:
     check_body_limit(10 * 2**30, CLASSIC_ENV)
     check_body_limit(10 * 2**30, {})
+
+
+def _serve_port_defaults() -> dict[str, int]:
+    """Every port Serve binds at a fixed default on each host, as this Ray version declares them."""
+    from ray.serve._private import constants
+
+    return {
+        name: value
+        for name, value in vars(constants).items()
+        if re.fullmatch(r"RAY_SERVE_\w+_PORT", name) and isinstance(value, int) and "WORKER_PROXY" not in name
+    }
+
+
+def test_a_local_cluster_gets_every_fixed_serve_port_of_its_own() -> None:
+    env = host_ports_of_its_own(replica_ports=16, rng=random.Random(3))
+    defaults = _serve_port_defaults()
+    # Each of Serve's fixed ports is moved (a new one in a later Ray fails here), and nothing else.
+    assert set(env) == set(defaults), set(env) ^ set(defaults)
+    ports = {name: int(value) for name, value in env.items()}
+    singles = [p for n, p in ports.items() if "DIRECT_INGRESS" not in n]
+    http = range(ports["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], ports["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] + 1)
+    grpc = range(ports["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"], ports["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] + 1)
+    assert len(http) == len(grpc) == 16
+    every = [*singles, *http, *grpc]
+    assert len(set(every)) == len(every) == 36  # no two uses share a port
+    assert max(every) < 32768  # below the ephemeral range: no client socket takes one later
+    assert not set(every) & {*defaults.values(), *range(30000, 31001), *range(40000, 41001)}
+
+
+def test_a_second_cluster_beside_the_first_gets_other_ports() -> None:
+    first = host_ports_of_its_own(replica_ports=16, rng=random.Random(5))
+    held = []
+    try:
+        # The first cluster's processes hold its band, as they would once started.
+        for value in first.values():
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", int(value)))
+            held.append(sock)
+        # The same draw of bands: the held one is skipped.
+        second = host_ports_of_its_own(replica_ports=16, rng=random.Random(5))
+    finally:
+        for sock in held:
+            sock.close()
+    assert not {int(v) for v in first.values()} & {int(v) for v in second.values()}
