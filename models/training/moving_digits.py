@@ -1,20 +1,20 @@
 """Moving-digit clips: a scikit-learn digit drifting across a small canvas in one of 8 directions.
 
-The data of the bundled video classifier. Train clips use only the training split of the digits,
-held-out clips only the held-out split (`data.digits_split`), each from its own seed, so a
-held-out clip never shows a digit the model trained on.
+The data of the bundled video classifier. Each split of clips draws only on its own digits, from
+its own seed: "train" on the whole training split (`data.digits_split`), "fit" and "validation"
+on the two parts of it (`data.digits_validation_split`), "test" on the held-out split, so a test
+clip never shows a digit the model trained on, and a validation clip none that it fitted.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from models import video
-from models.training.data import digits_split
+from models.training.scenes import SceneSplit, split_digits
 
 # The model's own geometry and labels, so data and model cannot drift apart.
 DIRECTIONS = video.DIRECTIONS
@@ -24,7 +24,7 @@ MIN_GLYPH, MAX_GLYPH = 16, 24
 MIN_SPEED, MAX_SPEED = 1.0, 3.0  # pixels per frame along the direction of travel
 # The digit's centre stays this far inside the canvas, so at least half of it is always in view.
 MARGIN = 1.0
-TRAIN_SEED, TEST_SEED = 21, 22
+TRAIN_SEED, TEST_SEED, VALIDATION_SEED = 21, 22, 23  # "fit" clips use TRAIN_SEED
 
 
 def direction_vector(direction: int) -> tuple[float, float]:
@@ -71,16 +71,14 @@ def make_clip(
     return frames
 
 
-def make_clips(
-    split: Literal["train", "test"], count: int, seed: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_clips(split: SceneSplit, count: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`count` clips (N, T, H, W) uint8 balanced over directions, their directions and their digits.
 
-    `split` picks the digits (training or held-out split); the seed defaults to the split's own.
+    `split` picks the digits (as `scenes.split_digits`); the seed defaults to the split's own.
     """
-    x_train, y_train, x_test, y_test = digits_split()
-    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
-    rng = np.random.default_rng(seed if seed is not None else (TRAIN_SEED if split == "train" else TEST_SEED))
+    images, labels = split_digits(split)
+    default_seed = {"train": TRAIN_SEED, "fit": TRAIN_SEED, "validation": VALIDATION_SEED, "test": TEST_SEED}[split]
+    rng = np.random.default_rng(seed if seed is not None else default_seed)
     directions = rng.permutation(np.arange(count) % len(DIRECTIONS))
     picks = rng.integers(0, len(images), size=count)
     clips = np.stack([make_clip(images[i], int(d), rng) for i, d in zip(picks, directions, strict=True)])

@@ -1,8 +1,10 @@
 """Digit scenes: several scikit-learn digits placed on a canvas, with exact boxes and masks.
 
-The data of the bundled detector, segmenter and explanation checks. Train scenes use only the
-training split of the digits, held-out scenes only the held-out split (`data.digits_split`), so
-a held-out scene never shows a digit any bundled model trained on.
+The data of the bundled detector, segmenter and explanation checks. Each split of scenes draws
+only on its own digits: "train" on the whole training split (`data.digits_split`), "fit" and
+"validation" on the two parts of it (`data.digits_validation_split`), "test" on the held-out
+split, so a test scene never shows a digit any bundled model trained on, and a validation scene
+none that a model trained on "fit" saw.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from models.training.data import digits_split
+from models.training.data import digits_split, digits_validation_split
 
 SCENE_SIZE = 128
 MIN_GLYPH, MAX_GLYPH = 20, 44
 INK_THRESHOLD = 0.35  # fraction of a glyph's peak ink that counts as the digit (mask and box)
-TRAIN_SEED, TEST_SEED = 1, 2
+TRAIN_SEED, TEST_SEED, VALIDATION_SEED = 1, 2, 5  # "fit" scenes use TRAIN_SEED
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,21 @@ def make_scene(
     )
 
 
-def digit_scenes(split: Literal["train", "test"], count: int, *, seed: int | None = None, **kwargs: int) -> list[Scene]:
-    """`count` scenes built only from the `split` digits; seeded, so the same call gives the same scenes."""
+SceneSplit = Literal["train", "fit", "validation", "test"]
+
+
+def split_digits(split: SceneSplit) -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 digits and labels of `split`: "train" is "fit" and "validation" together."""
+    if split in ("fit", "validation"):
+        x_fit, y_fit, x_val, y_val, _, _ = digits_validation_split()
+        return (x_fit, y_fit) if split == "fit" else (x_val, y_val)
     x_train, y_train, x_test, y_test = digits_split()
-    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
-    rng = np.random.default_rng(seed if seed is not None else (TRAIN_SEED if split == "train" else TEST_SEED))
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def digit_scenes(split: SceneSplit, count: int, *, seed: int | None = None, **kwargs: int) -> list[Scene]:
+    """`count` scenes built only from the `split` digits; seeded, so the same call gives the same scenes."""
+    images, labels = split_digits(split)
+    default_seed = {"train": TRAIN_SEED, "fit": TRAIN_SEED, "validation": VALIDATION_SEED, "test": TEST_SEED}[split]
+    rng = np.random.default_rng(seed if seed is not None else default_seed)
     return [make_scene(images, labels, rng, **kwargs) for _ in range(count)]

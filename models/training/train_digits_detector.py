@@ -1,7 +1,8 @@
 """Train digits_detector on digit scenes and write models/weights/digits_detector.{safetensors,json}.
 
-Train scenes use only the training split of scikit-learn's digits; the held-out mAP is measured
-on scenes of held-out digits, through the served preprocess, forward and postprocess.
+Train scenes use only the training split of scikit-learn's digits, less a validation split;
+--eval-every watches scenes of the validation digits only, and the held-out mAP is measured once,
+after training, on scenes of held-out digits, through the served preprocess, forward and postprocess.
 Reproducible (seeded); a few minutes on 2 CPU cores:
     python -m models.training.train_digits_detector
 """
@@ -35,7 +36,8 @@ from models.detectors import (
     scene_preprocess,
 )
 from models.metrics import Detections, detection_map
-from models.training.scenes import TEST_SEED, TRAIN_SEED, Scene, digit_scenes
+from models.training.data import HELD_OUT_NOTE, MONITORING_NOTE, split_record
+from models.training.scenes import TEST_SEED, TRAIN_SEED, VALIDATION_SEED, Scene, digit_scenes, split_digits
 from models.weights import BUNDLED_DIR, sha256_file
 
 NUM_CLASSES = len(DIGIT_CATEGORIES)
@@ -43,6 +45,7 @@ CELLS = SCENE_SIDE // STRIDE
 MAX_OBJECTS = 8
 IGNORE = -100  # cross-entropy ignore index: cells away from any centre
 HELD_OUT_SCENES = 300
+VALIDATION_SCENES = 300
 EVAL_PARAMS = {"score_threshold": 0.0, "max_detections": 100}  # AP needs the whole ranking
 
 
@@ -147,15 +150,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--embed-fraction", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=0, help="print the held-out mAP every N epochs")
+    parser.add_argument("--eval-every", type=int, default=0, help="print the validation mAP every N epochs")
     parser.add_argument("--out", type=Path, default=BUNDLED_DIR)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
     start, cpu_start = time.perf_counter(), time.process_time()
-    held_out = digit_scenes("test", HELD_OUT_SCENES)
-    data = build_dataset(digit_scenes("train", args.scenes), args.embed_fraction, args.seed)
+    validation = digit_scenes("validation", VALIDATION_SCENES)
+    data = build_dataset(digit_scenes("fit", args.scenes), args.embed_fraction, args.seed)
     inputs = data[0]
     print(f"data: {len(inputs)} scenes in {time.perf_counter() - start:.1f} s", flush=True)
     model = DigitsDetector(NUM_CLASSES)
@@ -177,11 +180,13 @@ def main() -> None:
             total += loss.item() * len(idx)
         line = f"epoch {epoch + 1}: loss {total / len(inputs):.4f} ({time.perf_counter() - start:.0f} s)"
         if args.eval_every and (epoch + 1) % args.eval_every == 0:
-            line += f" held-out mAP@0.5 {evaluate(model, held_out)[0]:.4f}"
+            line += f" validation mAP@0.5 {evaluate(model, validation)[0]:.4f}"
         print(line, flush=True)
 
     train_seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    mean_ap, per_class = evaluate(model, held_out)
+    val_map = evaluate(model, validation)[0]
+    # The only look at the test split: after training, for the published figure.
+    mean_ap, per_class = evaluate(model, digit_scenes("test", HELD_OUT_SCENES))
     args.out.mkdir(parents=True, exist_ok=True)
     weights_path = args.out / DIGITS_WEIGHTS_FILE
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights_path))
@@ -189,14 +194,20 @@ def main() -> None:
         "model": "digits_detector",
         "data": (
             "models.training.scenes.digit_scenes: 128x128 scenes of 1-4 scikit-learn digits (20-44 px) "
-            f"with exact boxes; train scenes (seed {TRAIN_SEED}) use only the training split of the digits, "
+            f"with exact boxes; train scenes (seed {TRAIN_SEED}) use only the training split of the digits "
+            f"less its validation digits, validation scenes (seed {VALIDATION_SEED}) only those, "
             f"held-out scenes (seed {TEST_SEED}) only the held-out split"
         ),
+        "split": split_record(*(len(split_digits(s)[1]) for s in ("fit", "validation", "test"))),
         "train_scenes": args.scenes,
         "embed_fraction": args.embed_fraction,
         "held_out_scenes": HELD_OUT_SCENES,
         "held_out_map50": round(mean_ap, 4),
         "held_out_ap50_per_class": {DIGIT_CATEGORIES[c]: round(ap, 4) for c, ap in sorted(per_class.items())},
+        "held_out_note": HELD_OUT_NOTE,
+        "validation_scenes": VALIDATION_SCENES,
+        "validation_map50": round(val_map, 4),
+        "monitoring": MONITORING_NOTE,
         "eval_parameters": EVAL_PARAMS,
         "epochs": args.epochs,
         "batch": args.batch,
