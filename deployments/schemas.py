@@ -13,7 +13,7 @@ class _Strict(BaseModel):
 
 # Shared by the examples below: a truncated base64 PNG and the bundled digits classifier's version.
 PNG_B64_EXAMPLE = "iVBORw0KGgo..."
-DIGITS_VERSION_EXAMPLE = "2b93da9ba78f"
+DIGITS_VERSION_EXAMPLE = "36946e7040bb"
 
 
 def examples(*values: dict[str, Any]) -> ConfigDict:
@@ -291,7 +291,7 @@ class AnnotateResponse(BaseModel):
                     "features": [
                         {
                             "model": "digits_detector",
-                            "model_version": "448b37cb895b",
+                            "model_version": "4f22bc8f5559",
                             "result": {
                                 "detections": [{"label": "3", "index": 3, "score": 0.97, "box": [4.0, 6.0, 30.0, 34.0]}]
                             },
@@ -354,7 +354,7 @@ _MODEL_METADATA_EXAMPLE: dict[str, Any] = {
     "weights": {
         "source": "bundled",
         "name": "digits_cnn.safetensors",
-        "sha256": "2b93da9ba78f30dcd5519b8eb574984d82726cdc53a1993111c15e88612ae448",
+        "sha256": "36946e7040bb5d69497a3d2219b5e9b20df890c3b90dd8f4aa4e53907950b3f8",
         "version": DIGITS_VERSION_EXAMPLE,
     },
     "model_version": DIGITS_VERSION_EXAMPLE,

@@ -20,13 +20,13 @@ DIGITS_SIZE = 28
 DIGITS_LATENT = 32
 DIGITS_WEIGHTS_FILE = "digits_denoiser.safetensors"
 # Pinned by models/training/train_digits_denoiser.py; tests check pin, file and report agree.
-DIGITS_WEIGHTS_SHA256 = "9582f59449ebe19d4eda97d1dafb87df85680e98440b263ab62d78e64a4cf46a"
+DIGITS_WEIGHTS_SHA256 = "49ea4cb1afb9b89a2e79279dfe6330544873cd83fa12fc43c7eaa66f871bb311"
 NOISE_SIGMA = 0.3  # the noise digits_denoiser was trained for, as a fraction of full range
 
 PHOTO_SIZE = 256
 PHOTO_WEIGHTS_FILE = "photo_denoiser.safetensors"
 # Pinned by models/training/train_photo_denoiser.py; tests check pin, file and report agree.
-PHOTO_WEIGHTS_SHA256 = "4f8482c3967380c43b90246f207fc59a542b54398961d02ce5f9de71b9a632f2"
+PHOTO_WEIGHTS_SHA256 = "c4a00b9dc4035ce5744d9e44f322bafe385d03c956230a27ffc920ba1dfa7e05"
 
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 

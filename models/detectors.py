@@ -262,7 +262,7 @@ CLASSES_PER_PEAK = 3
 MIN_SCORE = 0.01
 DIGITS_WEIGHTS_FILE = "digits_detector.safetensors"
 # Pinned by models/training/train_digits_detector.py; tests check pin, file and report agree.
-DIGITS_WEIGHTS_SHA256 = "448b37cb895b33487f48c2294f39d80ab28b705f7f6d1e3d998cc60afffdbd25"
+DIGITS_WEIGHTS_SHA256 = "4f22bc8f555981f7755b3105f70244a9eaa2ebde1578e1e443dff45803d36cf9"
 
 
 def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:

@@ -18,7 +18,7 @@ DIGIT_BOX = 20  # the digit is fitted into a 20x20 box centred in 28x28, as in M
 CATEGORIES = tuple(str(d) for d in range(10))
 WEIGHTS_FILE = "digits_cnn.safetensors"
 # Pinned by models/training/train_digits_cnn.py; tests check pin, file and report agree.
-WEIGHTS_SHA256 = "2b93da9ba78f30dcd5519b8eb574984d82726cdc53a1993111c15e88612ae448"
+WEIGHTS_SHA256 = "36946e7040bb5d69497a3d2219b5e9b20df890c3b90dd8f4aa4e53907950b3f8"
 
 
 class DigitsCNN(nn.Module):

@@ -27,7 +27,7 @@ DIGITS_INPUT_SIZE = 128
 DIGITS_CATEGORIES = ("background", *(str(d) for d in range(10)))
 DIGITS_WEIGHTS_FILE = "digits_segmenter.safetensors"
 # Pinned by models/training/train_digits_segmenter.py; tests check pin, file and report agree.
-DIGITS_WEIGHTS_SHA256 = "e8eb53772917d6a55cbcfcae9f554101c66b2d5439e484689b3ea7769aa308b3"
+DIGITS_WEIGHTS_SHA256 = "50c83e3bce78084de006ca719a89c2db8657f995a69e5d6905b247ee8c0b35b5"
 
 
 def segmentation_forward(module: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

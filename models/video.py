@@ -33,7 +33,7 @@ INPUT_SIZE = 48
 DIRECTIONS = ("north", "north_east", "east", "south_east", "south", "south_west", "west", "north_west")
 WEIGHTS_FILE = "moving_digits_lstm.safetensors"
 # Pinned by models/training/train_moving_digits_lstm.py; tests check pin, file and report agree.
-WEIGHTS_SHA256 = "dfae867681c15f3a166aafad18f803484c4584154e87cca0b3b8c4a437923db7"
+WEIGHTS_SHA256 = "6b9e22216fa1e8a589937da4a38779c8efac9a6f8548642c6e00050c432efbc8"
 DEFAULT_TORCHVISION_CLIP_LENGTH = 16
 
 

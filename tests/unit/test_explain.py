@@ -227,8 +227,10 @@ def digit_heat_mass(digits_served: tuple[ModelSpec, nn.Module]) -> tuple[float, 
 
 @pytest.mark.slow
 def test_digit_grad_cam_heat_lies_mostly_inside_the_digit_box(digit_heat_mass: tuple[float, float]) -> None:
+    # "Mostly": more than half of the heat on a box that covers about a third of the picture
+    # (the uniform share); the next test asks for a margin over that share as well.
     mass, _ = digit_heat_mass
-    assert mass >= 0.70, f"heat mass inside the digit box {mass:.3f} < 0.70"
+    assert mass > 0.5, f"heat mass inside the digit box {mass:.3f} is not the larger part"
 
 
 @pytest.mark.slow
