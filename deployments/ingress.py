@@ -468,8 +468,8 @@ class Ingress:
     async def generate(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Base64 PNGs in JSON, or one PNG itself with `Accept: image/png`; the same seed gives the same images."""
         card = self._card(model)
-        body = await self._json_body(request, schemas.GenerateBody)
         _, headers = await self._authorize(key, model)
+        body = await self._json_body(request, schemas.GenerateBody)
         if card.task != "generation":
             raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
         if body.num_images > self._limits.max_images_per_request:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -90,6 +92,41 @@ def test_v2_routes_need_a_key_but_health_does_not(secured: str) -> None:
     assert httpx.get(f"{secured}/v2/models/digits_cnn", headers=auth, timeout=30).status_code == 200
     assert httpx.get(f"{secured}/v2/health/live", timeout=30).status_code == 200
     assert httpx.get(f"{secured}/healthz", timeout=30).status_code == 200
+
+
+# Every route that takes a body: (path, content type).
+BODY_ROUTES = [
+    ("/v1/models/digits_cnn:predict", "image/png"),
+    ("/v1/models/digits_cnn:generate", "application/json"),
+    ("/v1/models/digits_cnn:explain", "image/png"),
+    ("/v1/images:annotate", "application/json"),
+    ("/v2/models/digits_cnn/infer", "application/json"),
+    ("/v2/models/digits_cnn/versions/{version}/infer", "application/json"),
+]
+
+
+def _status_of_headers_only(url: str, path: str, content_type: str, declared: int) -> int:
+    """The status a route answers to a request whose body never comes: only the headers are
+    sent, declaring `declared` bytes. A route that read the body first would wait, not answer."""
+    parts = urlsplit(url)
+    head = (
+        f"POST {parts.path}{path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {declared}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        sock.sendall(head.encode())
+        status_line = sock.makefile("rb").readline().decode()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize(("path", "content_type"), BODY_ROUTES)
+def test_every_body_route_checks_the_key_before_it_reads_the_body(secured: str, path: str, content_type: str) -> None:
+    metadata = httpx.get(f"{secured}/v2/models/digits_cnn", headers={"X-API-Key": KEYS["admin"]}, timeout=30)
+    path = path.format(version=metadata.json()["versions"][0])
+    # Within the body limit but never sent: answered at once, so nothing was read.
+    assert _status_of_headers_only(secured, path, content_type, 1 << 20) == 401
+    # Over the body limit (32 MiB): still the key first, not 413 to an anonymous caller.
+    assert _status_of_headers_only(secured, path, content_type, 64 << 20) == 401
 
 
 def test_tenant_over_its_rate_limit_gets_429_and_others_are_unaffected(
