@@ -47,6 +47,7 @@ from deployments.errors import (
     UnsupportedMediaType,
     as_serving_error,
     describe_validation_error,
+    error_payload,
 )
 from deployments.schemas import ModelCard
 from models.images import ImageError, ImageLimits, decode_image
@@ -87,12 +88,9 @@ LANDING_PAGE = """<!doctype html>
 def _error_response(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    # /v2 answers in the protocol's own error shape; everything else in ours.
-    body: dict[str, Any] = (
-        {"error": message} if request.url.path.startswith("/v2") else {"error": {"code": code, "message": message}}
-    )
+    body, coded = error_payload(request.url.path, code, message)
     request.state.error_code = code  # for the request's metrics and access log
-    headers = dict(headers or {})
+    headers = dict(headers or {}) | coded
     if status in (429, 503):
         headers.setdefault("Retry-After", RETRY_AFTER_S)
     return JSONResponse(body, status_code=status, headers=headers)

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.errors import ERROR_CODE_HEADER
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -638,6 +640,12 @@ _ERRORS: dict[int, str] = {
 }
 
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+_ERROR_CODE: dict[str, Any] = {
+    ERROR_CODE_HEADER: {
+        "description": "The error's stable code, as in a v1 body (a v2 body carries only the message).",
+        "schema": {"type": "string"},
+    }
+}
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"description": "The Bearer challenge.", "schema": {"type": "string"}}},
     429: _RETRY_AFTER,
@@ -648,11 +656,14 @@ _ERROR_HEADERS: dict[int, dict[str, Any]] = {
 def _error_responses(body: type[BaseModel], statuses: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        responses[status] = {"model": body, "description": _ERRORS[status]}
-        if status in _ERROR_HEADERS:
-            responses[status]["headers"] = _ERROR_HEADERS[status]
+        headers = _ERROR_CODE | _ERROR_HEADERS.get(status, {})
+        responses[status] = {"model": body, "description": _ERRORS[status], "headers": headers}
     # Also stops FastAPI from documenting its own 422 shape, which our handler never sends.
-    responses["default"] = {"model": body, "description": "Any other error, in the same shape (405; 500 for a bug)"}
+    responses["default"] = {
+        "model": body,
+        "description": "Any other error, in the same shape (405; 500 for a bug)",
+        "headers": _ERROR_CODE,
+    }
     return responses
 
 

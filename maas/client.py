@@ -59,20 +59,9 @@ RETRYABLE_ERRORS: tuple[type[httpx.TransportError], ...] = (
     httpx.RemoteProtocolError,
 )
 
-# The code of a v2 error, whose body is only {"error": "message"}; the same codes as v1's.
-_CODE_BY_STATUS = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    408: "timeout",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_parameters",
-    429: "rate_limited",
-    500: "internal",
-    503: "overloaded",
-}
+# The server names every error's code in this header as well as in a v1 body (a v2 body is only
+# {"error": "message"}): deployments.errors.ERROR_CODE_HEADER.
+_ERROR_CODE_HEADER = "X-Error-Code"
 
 _NUMPY_TYPES: dict[str, str] = {
     "BOOL": "?",
@@ -119,9 +108,13 @@ class ApiError(Exception):
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> ApiError:
-        """Parse either error shape: v1 `{"error": {"code", "message"}}` or v2 `{"error": "message"}`."""
+        """Parse either error shape: v1 `{"error": {"code", "message"}}` or v2 `{"error": "message"}`.
+
+        The code is the server's own (the body's, or its header's); an answer from something else
+        (a proxy's page, say) gets `http_<status>`, never a guess at what the server would have said.
+        """
         status = response.status_code
-        code = _CODE_BY_STATUS.get(status, f"http_{status}")
+        code = response.headers.get(_ERROR_CODE_HEADER) or f"http_{status}"
         message = response.reason_phrase or f"HTTP {status}"
         try:
             body = response.json()

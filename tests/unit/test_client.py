@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from deployments import v2
-from deployments.errors import ServingError
+from deployments.errors import ServingError, error_payload
 from maas import ApiError, AsyncVisionClient, RetryPolicy, VisionClient
 from maas.client import Images, ParamValue, parse_retry_after, sniff_content_type
 
@@ -68,11 +68,8 @@ class Seen:
 
 
 def _error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    # The real ingress: /v2 answers {"error": message}, everything else {"error": {code, message}}.
-    body: dict[str, Any] = (
-        {"error": message} if request.url.path.startswith("/v2") else {"error": {"code": code, "message": message}}
-    )
-    return JSONResponse(body, status_code=status, headers=headers)
+    body, coded = error_payload(request.url.path, code, message)  # as the real ingress answers
+    return JSONResponse(body, status_code=status, headers=(headers or {}) | coded)
 
 
 class FakeApi:
@@ -670,14 +667,41 @@ def test_v2_binary_round_trip_decodes_output_tensors_when_inferring(
 
 
 def test_v2_error_is_parsed_when_the_body_is_a_bare_message(api: FakeApi, connect: Connect) -> None:
-    """v2 errors are {"error": "message"}: the code comes from the status."""
+    """v2 errors are {"error": "message"}: the code comes from the server's header."""
     with pytest.raises(ApiError) as caught:
         connect().infer("missing", [PNG])
-    assert (caught.value.status, caught.value.code) == (404, "not_found")
+    assert (caught.value.status, caught.value.code) == (404, "model_not_found")
     assert caught.value.message == "model 'missing' is not served"
 
 
 # ---- pieces without a server --------------------------------------------------------------
+
+
+def _error_table() -> list[type[ServingError]]:
+    """Every API error the server raises, the base included."""
+    found, todo = [], [ServingError]
+    while todo:
+        kind = todo.pop()
+        found.append(kind)
+        todo.extend(kind.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("path", ["/v1/models/digits_cnn:predict", "/v2/models/digits_cnn/infer"])
+@pytest.mark.parametrize("kind", _error_table(), ids=lambda kind: kind.__name__)
+def test_client_reads_the_servers_own_error_code_for_every_error(kind: type[ServingError], path: str) -> None:
+    error = kind("what went wrong")
+    body, headers = error_payload(path, error.code, error.message)
+    response = httpx.Response(error.status_code, json=body, headers=headers)
+    parsed = ApiError.from_response(response)
+    assert (parsed.status, parsed.code, parsed.message) == (error.status_code, error.code, "what went wrong")
+
+
+def test_an_answer_from_something_else_gets_no_guessed_code() -> None:
+    page = httpx.Response(503, text="<html>503 Service Unavailable</html>", headers={"Content-Type": "text/html"})
+    parsed = ApiError.from_response(page)
+    assert parsed.code == "http_503"
+    assert "503 Service Unavailable" in parsed.message
 
 
 def test_full_jitter_stays_under_the_capped_ceiling_when_seeded() -> None:
