@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import importlib.metadata
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -57,7 +58,7 @@ ParamsT = TypeVar("ParamsT", bound=BaseModel)
 IMAGE_TASKS = ("classification", "detection", "segmentation", "denoising")
 
 SERVER_NAME = "vision-maas"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = importlib.metadata.version(SERVER_NAME)  # pyproject.toml's, as installed
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 RETRY_AFTER_S = "1"
 # The statuses of the routes that take images or tensors (:predict, :explain, /v2 infer).

@@ -8,9 +8,12 @@ own schema. tests/integration/test_v1_api.py holds the served document equal to 
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 
 from deployments.ingress import app
@@ -143,3 +146,11 @@ def test_component_examples_match_the_component(name: str) -> None:
     validator = Draft202012Validator(schema)
     for example in schema.get("examples", []):
         assert [e.message for e in validator.iter_errors(example)] == []
+
+
+def test_the_server_and_the_chart_state_the_packages_own_version() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    version = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((repo / "k8s/helm/vision-maas/Chart.yaml").read_text())
+    assert app.version == version
+    assert chart["appVersion"] == version
