@@ -22,6 +22,7 @@ ARG VARIANT
 # /home/ray, so pip needs no root. COPY --chown also creates /home/ray/app owned by ray: pip builds
 # in the source tree and must be able to write there.
 COPY --chown=ray:users pyproject.toml constraints.txt README.md /home/ray/app/
+COPY --chown=ray:users contract/ /home/ray/app/contract/
 COPY --chown=ray:users models/ /home/ray/app/models/
 COPY --chown=ray:users deployments/ /home/ray/app/deployments/
 WORKDIR /home/ray/app

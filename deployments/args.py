@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+from contract.backends import Backend
+from contract.tasks import MODEL_NAME
+
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-# models.backends.BACKENDS (not imported: this module must not load torch; a test checks they agree).
-Backend = Literal["eager", "channels_last", "onnx", "int8"]
 
 
 class _Strict(BaseModel):
@@ -50,7 +49,7 @@ class ModelArgs(_Strict):
     @field_validator("name", "model")
     @classmethod
     def _snake_case(cls, value: str | None) -> str | None:
-        if value is not None and not _NAME.fullmatch(value):
+        if value is not None and not MODEL_NAME.fullmatch(value):
             raise ValueError(f"{value!r} must be lower snake case ([a-z][a-z0-9_]*)")
         return value
 

@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.tasks import IMAGE_TASKS, Task
 from deployments import schemas, telemetry, v2
 from deployments.args import AuthArgs, LimitsArgs
 from deployments.auth import KeyStore, Tenant
@@ -55,7 +56,6 @@ from models.images import ImageError, ImageLimits, decode_image
 
 logger = logging.getLogger("ray.serve")
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
-IMAGE_TASKS = ("classification", "detection", "segmentation", "denoising")
 
 SERVER_NAME = "vision-maas"
 SERVER_VERSION = importlib.metadata.version(SERVER_NAME)  # pyproject.toml's, as installed
@@ -445,7 +445,7 @@ class Ingress:
         _, headers = await self._authorize(key, model)
         if card.task not in schemas.PARAMS_BY_TASK:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route; see its task's route")
-        video = card.task == "video_classification"
+        video = card.task == Task.VIDEO_CLASSIFICATION
         items, raw_params = await self._inputs_and_params(request, video=video)
         params = _validate(schemas.PARAMS_BY_TASK[card.task], raw_params)
         if video:
@@ -469,7 +469,7 @@ class Ingress:
         card = self._card(model)
         _, headers = await self._authorize(key, model)
         body = await self._json_body(request, schemas.GenerateBody)
-        if card.task != "generation":
+        if card.task != Task.GENERATION:
             raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
         if body.num_images > self._limits.max_images_per_request:
             raise PayloadTooLarge(

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from contract.tasks import Task
 from maas.client import ApiError, AsyncVisionClient, ParamValue, RetryPolicy, VisionClient
 from maas.draw import BACKGROUND_LABELS, DrawError, annotate_image, decode_png
 
@@ -355,7 +356,7 @@ def predict(
     console = Console()
     with settings.client() as client:
         task = str(client.model(model).get("task", ""))
-        video = task == "video_classification"
+        video = task == Task.VIDEO_CLASSIFICATION
         files = expand_inputs(inputs, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS)
         if not files:
             raise click.UsageError("no image files among the inputs")

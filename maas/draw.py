@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from contract.tasks import Task
+
 # Distinct, saturated colours (Tableau 10 then a few more), indexed by class index.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180),
@@ -31,15 +33,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 BACKGROUND_LABELS = frozenset({"background", "__background__"})
 MASK_ALPHA = 0.5
-TASKS = (
-    "classification",
-    "video_classification",
-    "detection",
-    "segmentation",
-    "denoising",
-    "explanation",
-    "generation",
-)
+TASKS = tuple(Task)
 
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
@@ -166,15 +160,15 @@ def annotate_image(original: Image.Image, prediction: Mapping[str, Any], task: s
     image itself. Explanation (an item of :explain's `explanations`): the server's overlay.
     """
     try:
-        if task in ("classification", "video_classification"):
+        if task in (Task.CLASSIFICATION, Task.VIDEO_CLASSIFICATION):
             return _classification(original, prediction)
-        if task == "detection":
+        if task == Task.DETECTION:
             return _detection(original, prediction)
-        if task == "segmentation":
+        if task == Task.SEGMENTATION:
             return _segmentation(original, prediction)
-        if task == "explanation":
+        if task == Task.EXPLANATION:
             return _explanation(original, prediction)
-        if task in ("denoising", "generation"):
+        if task in (Task.DENOISING, Task.GENERATION):
             return decode_png(_field(prediction, "image", task))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, DrawError):

@@ -13,15 +13,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import nn
 
+from contract.backends import BACKENDS, Backend
 from models.registry import ModelSpec, Task
 
-Backend = Literal["eager", "channels_last", "onnx", "int8"]
-BACKENDS: tuple[Backend, ...] = get_args(Backend)
+__all__ = ["BACKENDS", "Backend"]  # defined in contract.backends
 
 # The exported graph's tensor names (one input, one output: classifiers only).
 ONNX_INPUT = "input"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import enum
 import importlib
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,7 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+from contract.tasks import MODEL_NAME, Task
+
+__all__ = ["Task"]  # defined in contract.tasks; the model families import it from here too
+
 
 # Modules whose import registers the built-in families (kept lazy: no work at import time).
 _BUILTIN_FAMILIES: tuple[str, ...] = (
@@ -26,18 +27,6 @@ _BUILTIN_FAMILIES: tuple[str, ...] = (
     "models.denoisers",
     "models.video",
 )
-
-
-class Task(enum.StrEnum):
-    """What a model does; decides its routes and the shape of its answers."""
-
-    CLASSIFICATION = "classification"
-    DETECTION = "detection"
-    SEGMENTATION = "segmentation"
-    GENERATION = "generation"
-    DENOISING = "denoising"
-    VIDEO_CLASSIFICATION = "video_classification"
-    EXPLANATION = "explanation"
 
 
 class UnknownModel(KeyError):
@@ -179,7 +168,7 @@ _builtins_loaded = False
 
 def validate_name(name: str) -> str:
     """Return `name` if it is lower snake case (it becomes a URL segment and deployment name)."""
-    if not NAME_PATTERN.fullmatch(name):
+    if not MODEL_NAME.fullmatch(name):
         raise ValueError(f"model name {name!r} must be lower snake case ([a-z][a-z0-9_]*)")
     return name
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import get_args
 
 import numpy as np
 import pydantic
@@ -115,10 +114,6 @@ def test_non_classifier_is_a_value_error_naming_model_and_backend_when_backend_i
     spec = get_spec("digits_detector")
     with pytest.raises(ValueError, match=rf"digits_detector.*detection.*{backend}.*classification models only"):
         apply_backend(nn.Identity(), spec, backend)
-
-
-def test_backend_choices_are_the_same_when_read_from_args_and_models() -> None:
-    assert get_args(ModelArgs.model_fields["backend"].annotation) == BACKENDS
 
 
 def test_backend_is_validated_when_args_are_parsed() -> None:

@@ -193,6 +193,14 @@ def test_dockerignore_keeps_local_state_out_and_the_sources_in_when_building() -
     }
     assert {".venv", ".git", "tests", "benchmarks"} <= patterns
     assert not any(p.startswith("!") for p in patterns)
-    for needed in ("models", "deployments", "pyproject.toml", "constraints.txt", "README.md", "models/weights"):
+    for needed in (
+        "contract",
+        "models",
+        "deployments",
+        "pyproject.toml",
+        "constraints.txt",
+        "README.md",
+        "models/weights",
+    ):
         assert needed not in patterns
         assert not any(Path(needed).match(p) for p in patterns if "*" in p), needed
