@@ -28,6 +28,11 @@ class BatchConfig(_Strict):
         description="When set, the batch cap adapts (AIMD, up to max_batch_size) to hold this p99 latency "
         "of the replica's items; see deployments/batching.py.",
     )
+    warmup: bool = Field(
+        True,
+        description="Run the model at batch 1 and at max_batch_size before the replica reports ready, so the "
+        "first requests do not pay for the allocator and kernel setup.",
+    )
 
 
 class ModelArgs(_Strict):

@@ -39,6 +39,8 @@ logger = logging.getLogger("ray.serve")
 
 
 THREADS_ENV = "VISION_MAAS_TORCH_THREADS"
+# The batching a deployment without a user_config gets (BatchConfig holds the defaults).
+_DEFAULT_BATCH = BatchConfig()
 
 
 def _replica_threads() -> int:
@@ -104,8 +106,10 @@ class ImageModel:
         # One worker: batches run one at a time off the event loop, so the loop keeps
         # decoding incoming requests while the model computes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
-        self._batch = BatchConfig()
+        self._batch = _DEFAULT_BATCH
         self._controller: SloBatchController | None = None
+        self._warmed: set[int] = set()
+        self._warmup_seconds = 0.0
         self._batch_counts: Counter[int] = Counter()
         self._batch_seconds: defaultdict[int, float] = defaultdict(float)
         self._ongoing = 0
@@ -119,6 +123,8 @@ class ImageModel:
             self._threads,
             self._spec.weights.label,
         )
+        # Serve calls reconfigure only for a deployment with a user_config: the defaults apply otherwise.
+        self._warm_up()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""
@@ -134,6 +140,42 @@ class ImageModel:
         # serve.batch adds these setters to the method; Ray's decorator is untyped.
         self._forward_batch.set_max_batch_size(cap)  # type: ignore[attr-defined]
         self._forward_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the model once at batch 1 and once at the batch cap, before the replica is ready.
+
+        Serve marks a replica ready when its constructor and reconfigure have returned; without this
+        the first requests would pay for memory allocation and kernel setup (oneDNN primitives,
+        ONNX Runtime's first run, CUDA's lazy init). Sizes already run are not run again.
+        """
+        sizes = {1, self._batch.max_batch_size} - self._warmed
+        if not self._batch.warmup or not sizes:
+            return
+        example = self._warm_input()
+        started = time.perf_counter()
+        for size in sorted(sizes):
+            self._forward([example] * size)
+            self._warmed.add(size)
+        elapsed = time.perf_counter() - started
+        self._warmup_seconds += elapsed
+        logger.info("model %s warmed up at batch sizes %s in %.2fs", self._spec.name, sorted(sizes), elapsed)
+
+    def _warm_input(self) -> torch.Tensor:
+        """One input as a request makes it: a noise picture of the model's input size through its own
+        preprocess (a clip of it for video models), or a latent for generators."""
+        spec = self._spec
+        if spec.task == Task.GENERATION:
+            return self._sample(1, 0, {})[0]
+        height, width = spec.input_size
+        pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        picture = Image.fromarray(pixels).convert(spec.image_mode)
+        try:
+            if spec.task == Task.VIDEO_CLASSIFICATION and spec.preprocess_clip is not None:
+                return spec.preprocess_clip([picture] * spec.clip_length)
+            return spec.preprocess(picture)
+        except ValueError:
+            return torch.zeros(spec.input_shape)
 
     def check_health(self) -> None:
         """Raise if the replica can no longer serve (Serve then replaces it)."""
@@ -143,7 +185,7 @@ class ImageModel:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         loop = asyncio.get_running_loop()
         results, batch_ms = await loop.run_in_executor(self._executor, self._run, items)
@@ -160,9 +202,7 @@ class ImageModel:
         started = time.perf_counter()
         for _, enqueued in items:
             self._metrics.queue_wait.observe((started - enqueued) * 1000.0)
-        with torch.inference_mode():
-            batch = [x.to(self._device, non_blocking=True) for x, _ in items]
-            outputs = [_to_cpu(out) for out in self._spec.forward(self._module, batch)]
+        outputs = self._forward([x for x, _ in items])
         seconds = time.perf_counter() - started
         size = len(items)
         self._batch_counts[size] += 1
@@ -170,6 +210,11 @@ class ImageModel:
         self._metrics.batch_size.observe(size)
         self._metrics.batch_execution.observe(seconds * 1000.0)
         return [(out, size) for out in outputs], seconds * 1000.0
+
+    def _forward(self, tensors: list[torch.Tensor]) -> list[Any]:
+        with torch.inference_mode():
+            batch = [x.to(self._device, non_blocking=True) for x in tensors]
+            return [_to_cpu(out) for out in self._spec.forward(self._module, batch)]
 
     @contextlib.contextmanager
     def _request(self, kind: str, items: int) -> Iterator[dict[str, Any]]:
