@@ -1,0 +1,153 @@
+"""The first request after a replica reports ready, against the steady median, with and without warm-up.
+
+    python -m benchmarks.warmup --models digits_cnn resnet18 --repeats 3
+
+Each start serves the model twice, as `<model>_warm` (the default: the replica runs its forward at
+batch 1 and at its batch cap before it reports ready, deployments/image_model.py) and as
+`<model>_cold` (`warmup: false`). Once Serve reports both ready (/v2/models/<name>/ready), each
+gets one request, timed, then `--requests` more one at a time: the ratio of the first to their
+median is what a client pays for arriving first. The server is restarted for every repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from benchmarks.images import SIZES, jpeg_images
+from benchmarks.pipeline import MODELS
+from benchmarks.servers import Running, Server, free_ports, serve_command, vision_maas_config, write_config
+from deployments.ray_env import THROUGHPUT_ENV, host_ports_of_its_own
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = {"warm": True, "cold": False}
+
+
+def wait_ready(base: str, names: list[str], running: Running, timeout_s: float = 300.0) -> float:
+    """Seconds from start until every name's replicas are ready, as Serve reports them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise RuntimeError(f"the server exited with {running.process.returncode}; see {running.log}")
+        try:
+            if all(httpx.get(f"{base}/v2/models/{n}/ready", timeout=5).status_code == 200 for n in names):
+                return time.monotonic() - running.started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"not ready after {timeout_s}s; see {running.log}")
+
+
+def timed(client: httpx.Client, url: str, image: bytes) -> float:
+    started = time.perf_counter()
+    response = client.post(url, content=image, headers={"Content-Type": "image/jpeg"})
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    response.raise_for_status()
+    return elapsed_ms
+
+
+def measure_start(model: str, image: bytes, requests: int, log: Path, cold_first: bool) -> list[dict[str, Any]]:
+    """One server start: the first request and the steady median of each variant."""
+    threads = psutil.cpu_count(logical=True) or 1
+    batching = {
+        f"{model}_{variant}": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005, "warmup": warm}
+        for variant, warm in VARIANTS.items()
+    }
+    (port,) = free_ports(1)
+    config = write_config(vision_maas_config(model, port, batching, round(0.9 * threads / 2, 3), threads))
+    base = f"http://127.0.0.1:{port}"
+    env = THROUGHPUT_ENV | host_ports_of_its_own()
+    server = Server(
+        "vision-maas", serve_command(config), f"{base}/v1/models/{model}_warm:predict", "image/jpeg", env=env
+    )
+    running = Running(server, log)
+    rows = []
+    try:
+        ready_s = wait_ready(base, list(batching), running)
+        with httpx.Client(timeout=120.0) as client:
+            # Alternate which variant answers first, so neither always meets a cooler ingress.
+            names = sorted(batching, reverse=not cold_first)
+            firsts = {name: timed(client, f"{base}/v1/models/{name}:predict", image) for name in names}
+            for name in names:
+                url = f"{base}/v1/models/{name}:predict"
+                steady = statistics.median(timed(client, url, image) for _ in range(requests))
+                variant = name.rsplit("_", 1)[1]
+                rows.append(
+                    {
+                        "model": model,
+                        "variant": variant,
+                        "ready_s": round(ready_s, 1),
+                        "first_ms": round(firsts[name], 1),
+                        "steady_p50_ms": round(steady, 1),
+                        "first_over_p50": round(firsts[name] / steady, 2),
+                    }
+                )
+    finally:
+        running.stop()
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median over starts per (model, variant)."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for variant in VARIANTS:
+            group = [r for r in rows if r["model"] == model and r["variant"] == variant]
+            out.append(
+                {
+                    "model": model,
+                    "variant": variant,
+                    "starts": len(group),
+                    "first_ms": round(statistics.median(r["first_ms"] for r in group), 1),
+                    "steady_p50_ms": round(statistics.median(r["steady_p50_ms"] for r in group), 1),
+                    "first_over_p50": round(statistics.median(r["first_over_p50"] for r in group), 2),
+                    "worst_first_over_p50": max(r["first_over_p50"] for r in group),
+                }
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["digits_cnn", "resnet18"])
+    parser.add_argument("--size", choices=sorted(SIZES), default="640x480")
+    parser.add_argument("--repeats", type=int, default=3, help="server starts per model")
+    parser.add_argument("--requests", type=int, default=40, help="sequential requests for the steady median")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    image = jpeg_images(args.size)[0]
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for model in args.models:
+        for repeat in range(args.repeats):
+            log = args.out / "logs" / f"warmup-{model}-{repeat}.log"
+            started = measure_start(model, image, args.requests, log, cold_first=repeat % 2 == 0)
+            for row in started:
+                print(
+                    f"{model} {row['variant']} start {repeat}: first {row['first_ms']:.0f} ms, "
+                    f"steady p50 {row['steady_p50_ms']:.0f} ms ({row['first_over_p50']:.2f}x)",
+                    flush=True,
+                )
+            rows += started
+    summary = summarise(rows)
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "target_first_over_p50": 1.5,
+        "rows": rows,
+        "summary": summary,
+    }
+    (args.out / "warmup.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    for row in summary:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
