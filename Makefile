@@ -12,7 +12,7 @@ export RAY_SERVE_THROUGHPUT_OPTIMIZED := 1
 export RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE := 1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 
-.PHONY: serve test lint venv clean train k8s tools bench
+.PHONY: serve test test-fast lint venv clean train k8s tools bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP) tools  ## the whole suite: lint, types, unit, integration, browse
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## lint, types and every test that starts no Ray cluster and is not marked slow
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not slow and not cluster and not browser"
 
 # What the suite runs beside Python, from Debian: Chromium (the playground's browser tests;
 # Playwright's own download needs the internet), hey (the benchmarks' load generator), a headless

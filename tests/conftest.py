@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from tests.serve_cluster import ServeCluster
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the session's Ray cluster: `make test-fast` leaves them out."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
     """Encode a PIL image to bytes."""
     buf = io.BytesIO()
