@@ -34,6 +34,29 @@ def v2_inputs(spec: ModelSpec) -> list[TensorMeta]:
     return [TensorMeta(name=v2.IMAGE_INPUT, datatype="BYTES", shape=[-1]), tensor]
 
 
+# Each deployment's options where the Serve config's `deployments:` entry for it says nothing: the
+# one home of these defaults. Serve applies a config's entries over them, so a config (and the
+# chart's values) states only what it changes; a test holds the shipped ones to that.
+INGRESS_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.5},
+    "max_ongoing_requests": 256,
+}
+MODEL_OPTIONS: dict[str, Any] = {
+    "ray_actor_options": {"num_cpus": 1},
+    "max_ongoing_requests": 64,
+    "health_check_period_s": 10,
+    "health_check_timeout_s": 30,
+}
+# One replica: the one place that counts requests, shared by every ingress replica. A sliver of
+# CPU keeps it off a head started with num-cpus 0, beside the other replicas.
+LIMITER_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.05},
+    "max_ongoing_requests": 1024,
+}
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Validate `args` (the config's `applications[].args`) and compose one deployment per model."""
     app_args = AppArgs.model_validate(args)
@@ -58,13 +81,15 @@ def build_app(args: dict[str, Any]) -> Application:
             explainable=spec.explainable,
         )
         # serve.deployment turns the classes into Deployments; Ray's decorator is untyped.
-        handles[model.name] = ImageModel.options(name=model.name).bind(model, app_args.limits, app_args.artifacts)  # type: ignore[attr-defined]
+        deployment = ImageModel.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
+        handles[model.name] = deployment.bind(model, app_args.limits, app_args.artifacts)
     limiter = None
     if app_args.auth.enabled:
         # Fail at startup, naming what is missing, rather than on the first request.
         KeyStore.load(app_args.auth.keys_file, app_args.auth.keys_env)
-        limiter = RateLimiter.bind()  # type: ignore[attr-defined]
+        limiter = RateLimiter.options(**LIMITER_OPTIONS).bind()  # type: ignore[attr-defined]
     else:
         logger.warning("API key authentication is OFF (auth.enabled: false) for this application")
-    app: Application = Ingress.bind(handles, cards, app_args.limits, app_args.auth, limiter)  # type: ignore[attr-defined]
+    ingress = Ingress.options(**INGRESS_OPTIONS)  # type: ignore[attr-defined]
+    app: Application = ingress.bind(handles, cards, app_args.limits, app_args.auth, limiter)
     return app

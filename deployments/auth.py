@@ -207,8 +207,7 @@ class Limits:
         return min(decisions, key=lambda d: d.remaining, default=Decision(True, 0, 0, 0, 0))
 
 
-# A sliver of CPU keeps it off a head started with num-cpus 0, beside the other replicas.
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=1024)
+@serve.deployment  # options: deployments.app.LIMITER_OPTIONS
 class RateLimiter:
     """The one place that counts requests, shared by every ingress replica (keep 1 replica)."""
 

@@ -70,12 +70,7 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 1},
-    max_ongoing_requests=64,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-)
+@serve.deployment  # options: deployments.app.MODEL_OPTIONS
 class ImageModel:
     """Decode and preprocess each request, then run it through a dynamically batched forward."""
 

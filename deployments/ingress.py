@@ -223,7 +223,7 @@ def _awaitable(response: Any) -> Awaitable[Any]:
     return wait()
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=256)
+@serve.deployment  # options: deployments.app.INGRESS_OPTIONS
 @serve.ingress(app)
 class Ingress:
     """Parses and limits requests, then calls the model deployment named in the URL."""

@@ -29,16 +29,17 @@ import httpx
 import pytest
 from PIL import Image
 
+from deployments.args import LimitsArgs
 from models.images import ImageLimits
 from tests.conftest import encode
-from tests.integration.conftest import CORE_MODELS, MAIN_APP, default_app_config
+from tests.integration.conftest import MAIN_APP
 from tests.security.corpus import CorpusCase, generate, mutations
 
 MODEL = "digits_cnn"
 PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"
 REPLICA_TITLE = f"ServeReplica:{MAIN_APP}:{MODEL}"
-REQUEST_TIMEOUT_S = float(default_app_config(only=CORE_MODELS)["args"]["limits"]["request_timeout_s"])
+REQUEST_TIMEOUT_S = LimitsArgs().request_timeout_s
 # Hostile bytes must be refused by the cheap checks (size, magic bytes, header), never by a decode
 # that runs until the per-image budget stops it: every answer comes sooner than that budget. The
 # slowest case is the over-the-byte-limit PNG (20 MiB through the ingress), a few seconds at worst
@@ -269,7 +270,7 @@ def test_mutated_digit_images_never_get_a_server_error_when_fuzzed(
 def test_streamed_body_is_refused_when_it_exceeds_the_body_limit_without_a_length(
     http: httpx.Client, baseline: ReplicaState, request: pytest.FixtureRequest
 ) -> None:
-    limit = int(default_app_config(only=CORE_MODELS)["args"]["limits"]["max_body_bytes"])
+    limit = LimitsArgs().max_body_bytes
     block = random.Random(1).randbytes(1024 * 1024)
 
     def chunks() -> Iterator[bytes]:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.app import INGRESS_OPTIONS, MODEL_OPTIONS
 from deployments.args import AppArgs
 from tests.k8s.conftest import REPO, VALUE_SETS, by_kind, rayservice, render_module
 
@@ -77,8 +78,10 @@ def test_default_chart_serves_what_the_default_serve_config_serves() -> None:
     assert set(cluster_deployments) == set(local_deployments)
     for name, deployment in cluster_deployments.items():
         assert deployment.get("user_config") == local_deployments[name].get("user_config"), name
-        cluster_actor = dict(deployment["ray_actor_options"])
-        local_actor = dict(local_deployments[name]["ray_actor_options"])
+        # What each replica asks for, with the options a config leaves to the code's defaults.
+        default = INGRESS_OPTIONS if name == "Ingress" else MODEL_OPTIONS
+        cluster_actor = dict((default | deployment)["ray_actor_options"])
+        local_actor = dict((default | local_deployments[name])["ray_actor_options"])
         # Deliberate override: the laptop's models share two cores; cluster replicas get at least as much.
         assert cluster_actor.pop("num_cpus") >= local_actor.pop("num_cpus"), name
         assert cluster_actor == local_actor, name

@@ -11,10 +11,12 @@ from pydantic import ValidationError
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import build_app
-from deployments.args import AppArgs, BatchConfig
+from deployments.app import INGRESS_OPTIONS, LIMITER_OPTIONS, MODEL_OPTIONS, build_app
+from deployments.args import AppArgs, BatchConfig, LimitsArgs
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "deployments").glob("serve_config*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "deployments").glob("serve_config*.yaml"))
+CHART_VALUES = [REPO / "k8s/helm/vision-maas/values.yaml", *sorted((REPO / "k8s/helm/vision-maas/ci").glob("*.yaml"))]
 
 
 def test_three_configs_ship() -> None:
@@ -90,3 +92,27 @@ def test_build_app_rejects_bad_weights_before_any_replica_starts() -> None:
 def test_batch_config_rejects_bad_values(config: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         BatchConfig.model_validate(config)
+
+
+def _shipped_applications() -> list[tuple[str, dict[str, Any]]]:
+    """(file, application) for every application a shipped config or chart values file states."""
+    found = []
+    for path in [*CONFIGS, *CHART_VALUES]:
+        document = yaml.safe_load(path.read_text()) or {}
+        serve = document.get("serve", document) if path in CHART_VALUES else document
+        found += [(path.name, app) for app in serve.get("applications", [])]
+    return found
+
+
+@pytest.mark.parametrize(("name", "app"), _shipped_applications(), ids=lambda v: v if isinstance(v, str) else "")
+def test_shipped_configs_state_only_what_they_change(name: str, app: dict[str, Any]) -> None:
+    """Defaults have one home (deployments/app.py, deployments/args.py); a config restating one
+    would silently keep the old value when the default changes."""
+    defaults = {"Ingress": INGRESS_OPTIONS, "RateLimiter": LIMITER_OPTIONS}
+    for deployment in app.get("deployments", []):
+        own = defaults.get(deployment["name"], MODEL_OPTIONS) | {"num_replicas": 1}  # Serve's own default
+        restated = {k: v for k, v in deployment.items() if k != "name" and own.get(k) == v}
+        assert not restated, f"{name}: {deployment['name']} restates {restated}"
+    limits = LimitsArgs().model_dump()
+    restated = {k: v for k, v in app.get("args", {}).get("limits", {}).items() if limits.get(k) == v}
+    assert not restated, f"{name}: limits restate {restated}"
