@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from ray import serve
 
+from contract.params import MAX_SEED
 from contract.tasks import IMAGE_TASKS
 from deployments import v2
 from deployments.args import ArtifactsArgs, BatchConfig, LimitsArgs, ModelArgs
@@ -32,7 +33,6 @@ from models.images import ImageError, ImageLimits, decode_image, original_size
 from models.registry import ModelSpec, Task, get_spec
 from models.video_io import VideoLimits, decode_clip, decode_frames
 
-MAX_SEED = 2**63 - 1
 _Prepared = TypeVar("_Prepared")
 
 logger = logging.getLogger("ray.serve")

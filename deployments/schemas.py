@@ -6,7 +6,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.params import (
+    MAX_SEED,
+    PARAMS_BY_TASK,
+    ClassificationParams,
+    DenoisingParams,
+    DetectionParams,
+    SegmentationParams,
+)
 from deployments.errors import ERROR_CODE_HEADER
+
+# Re-exported: the routes and the OpenAPI helpers below take the task parameters from here.
+__all__ = ["PARAMS_BY_TASK", "ClassificationParams", "DenoisingParams", "DetectionParams", "SegmentationParams"]
 
 
 class _Strict(BaseModel):
@@ -56,40 +67,6 @@ class PredictBody(_Strict):
     )
 
 
-class ClassificationParams(_Strict):
-    """Parameters of a classifier's :predict (query string, form fields or JSON `parameters`)."""
-
-    top_k: int = Field(5, ge=1, le=1000, description="Labels per image, highest score first.")
-
-
-class DetectionParams(_Strict):
-    """Parameters of a detector's :predict."""
-
-    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Drop detections scoring below this.")
-    max_detections: int = Field(100, ge=1, le=1000, description="Detections per image, highest score first.")
-
-
-class SegmentationParams(_Strict):
-    """Parameters of a segmenter's :predict."""
-
-    min_fraction: float = Field(0.0, ge=0.0, le=1.0, description="Omit classes covering less of the image.")
-
-
-class DenoisingParams(_Strict):
-    """Parameters of a denoiser's :predict."""
-
-    return_latent: bool = Field(False, description="Also return the autoencoder's code vector.")
-
-
-PARAMS_BY_TASK: dict[str, type[BaseModel]] = {
-    "classification": ClassificationParams,
-    "video_classification": ClassificationParams,
-    "detection": DetectionParams,
-    "segmentation": SegmentationParams,
-    "denoising": DenoisingParams,
-}
-
-
 class ExplainParams(_Strict):
     """Parameters of :explain."""
 
@@ -116,7 +93,7 @@ class GenerateBody(_Strict):
     )
     num_images: int = Field(1, ge=1, le=64, description="Images to generate (bounded by the server's limit).")
     seed: int | None = Field(
-        None, ge=0, le=2**63 - 1, description="Same seed and parameters, same images; random when omitted."
+        None, ge=0, le=MAX_SEED, description="Same seed and parameters, same images; random when omitted."
     )
     label: int | str | None = Field(None, description="Class to generate (conditional models); random when omitted.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Model-specific parameters.")

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from contract.params import MAX_SEED
 from contract.tasks import Task
 from maas.client import ApiError, AsyncVisionClient, ParamValue, RetryPolicy, VisionClient
 from maas.draw import BACKGROUND_LABELS, DrawError, annotate_image, decode_png
@@ -463,7 +464,7 @@ def explain(
 @cli.command()
 @_model
 @click.option("--num", "-n", type=click.IntRange(1, 64), default=1, show_default=True, help="Images to generate.")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Same seed, same images (default: random).")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Same seed, same images (default: random).")
 @click.option("--label", help="The class to generate (conditional models).")
 @click.option("--param", "-p", "params", multiple=True, type=KEY_VALUE, metavar="K=V", help="A model parameter.")
 @_json

@@ -18,10 +18,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 from torchvision.transforms.v2 import functional as tvf
 
+from contract.params import ClassificationParams, task_params
 from models import weights as wsrc
 from models.registry import Affine, InputGeometry, ModelSpec, Task, TensorSpec, WeightsInfo, register
 
-DEFAULT_TOP_K = 5
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
@@ -30,7 +30,7 @@ def classification_postprocess(categories: Sequence[str]) -> Callable[..., list[
 
     def postprocess(outputs: Sequence[torch.Tensor], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         probs = torch.softmax(torch.stack(list(outputs)).float(), dim=1)
-        ks = [min(int(p.get("top_k", DEFAULT_TOP_K)), probs.shape[1]) for p in params]
+        ks = [min(task_params(ClassificationParams, p).top_k, probs.shape[1]) for p in params]
         scores, indices = probs.topk(max(ks), dim=1)
         return [
             {

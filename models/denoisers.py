@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from contract.params import DenoisingParams, task_params
 from models import weights as wsrc
 from models.images import png_base64
 from models.registry import ModelSpec, Postprocess, Preprocess, Task, TensorSpec, WeightsInfo, register
@@ -27,8 +28,6 @@ PHOTO_SIZE = 256
 PHOTO_WEIGHTS_FILE = "photo_denoiser.safetensors"
 # Pinned by models/training/train_photo_denoiser.py; tests check pin, file and report agree.
 PHOTO_WEIGHTS_SHA256 = "c4a00b9dc4035ce5744d9e44f322bafe385d03c956230a27ffc920ba1dfa7e05"
-
-_TRUE, _FALSE = ("true", "1"), ("false", "0")
 
 
 class DenoisingAutoencoder(nn.Module):
@@ -119,17 +118,6 @@ def resize_preprocess(size: int, mode: str) -> Preprocess:
     return preprocess
 
 
-def parse_flag(value: Any, name: str) -> bool:
-    """A boolean parameter as JSON gives it (true/false) or a query string does ("true", "0", ...)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 def original_size(params: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
     """The original picture's (width, height) from the `image_size` the serving layer adds."""
     size = params.get("image_size")
@@ -169,7 +157,7 @@ def denoising_postprocess(name: str, size: int, has_latent: bool) -> Postprocess
 
     def postprocess(outputs: Sequence[Any], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         # Validate every item's parameters before encoding any image.
-        wanted = [parse_flag(p.get("return_latent", False), "return_latent") for p in params]
+        wanted = [task_params(DenoisingParams, p).return_latent for p in params]
         if any(wanted) and not has_latent:
             raise ValueError(f"return_latent: {name} has no latent code")
         sizes = [original_size(p, (size, size)) for p in params]

@@ -21,13 +21,11 @@ from torch.nn import functional as F  # noqa: N812
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from contract.params import DetectionParams, task_params
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, _load_strict, make_preprocess, resolve_weights_choice
 from models.registry import Affine, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
 
-DEFAULT_SCORE_THRESHOLD = 0.5
-DEFAULT_MAX_DETECTIONS = 100
-MAX_DETECTIONS_LIMIT = 1000
 # torchvision's detectors resize to at most 1333 px themselves; a larger input only costs memory.
 MAX_SIDE = 1333
 PLACEHOLDER_CATEGORIES = frozenset({"__background__", "N/A"})
@@ -61,20 +59,6 @@ Geometry = Callable[[int, int], Affine]
 
 
 # -- Shared by every detector: parameters, postprocess, v2 tensors, batch forward ------------------
-
-
-def _threshold(params: Mapping[str, Any]) -> float:
-    value = params.get("score_threshold", DEFAULT_SCORE_THRESHOLD)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"score_threshold must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _max_detections(params: Mapping[str, Any]) -> int:
-    value = params.get("max_detections", DEFAULT_MAX_DETECTIONS)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DETECTIONS_LIMIT:
-        raise ValueError(f"max_detections must be an integer in [1, {MAX_DETECTIONS_LIMIT}], got {value!r}")
-    return value
 
 
 def _image_size(params: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -116,7 +100,8 @@ def detection_postprocess(categories: Sequence[str], geometry: Geometry, skip: f
 
     def postprocess(outputs: Sequence[Detection], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         # Every item's parameters are checked before any work, so a bad one fails cleanly.
-        settings = [(_threshold(p), _max_detections(p), _image_size(p)) for p in params]
+        asked = [task_params(DetectionParams, p) for p in params]
+        settings = [(a.score_threshold, a.max_detections, _image_size(p)) for a, p in zip(asked, params, strict=True)]
         return [one(out, *s) for out, s in zip(outputs, settings, strict=True)]
 
     return postprocess

@@ -15,6 +15,7 @@ from torchvision.models.segmentation import FCN, DeepLabV3
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
+from contract.params import SegmentationParams, task_params
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, build_torchvision, make_preprocess, resolve_weights_choice
 from models.images import png_base64
@@ -49,13 +50,6 @@ def segmentation_outputs(input_size: tuple[int, int]) -> tuple[TensorSpec, ...]:
     return (TensorSpec("mask", "UINT8", (-1, *input_size)),)
 
 
-def _min_fraction(params: Mapping[str, Any]) -> float:
-    value = params.get("min_fraction", 0.0)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"min_fraction must be a number between 0 and 1, got {value!r}")
-    return float(value)
-
-
 def _image_size(params: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
     value = params.get("image_size")
     if value is None:
@@ -71,7 +65,7 @@ def _image_size(params: Mapping[str, Any], default: tuple[int, int]) -> tuple[in
 
 def segment_result(class_map: torch.Tensor, params: Mapping[str, Any], categories: Sequence[str]) -> dict[str, Any]:
     """One image's answer: its class-index mask at the original size and the classes it shows."""
-    min_fraction = _min_fraction(params)
+    min_fraction = task_params(SegmentationParams, params).min_fraction
     height, width = class_map.shape
     size = _image_size(params, (width, height))
     # NEAREST: a class index must never be blended into another class's index.

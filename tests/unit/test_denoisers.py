@@ -108,7 +108,7 @@ def test_no_latent_unless_asked(served: Served, digit_pngs: list[tuple[bytes, in
 @pytest.mark.parametrize(
     "params",
     [
-        {"return_latent": "yes"},
+        {"return_latent": "maybe"},
         {"return_latent": 2},
         {"return_latent": None},
         {"image_size": [0, 10]},

@@ -172,7 +172,7 @@ def test_mask_is_at_input_size_when_no_image_size_is_given() -> None:
     [
         {"min_fraction": 1.5},
         {"min_fraction": -0.1},
-        {"min_fraction": "0.2"},
+        {"min_fraction": "some"},
         {"min_fraction": True},
         {"image_size": [0, 10]},
         {"image_size": [10]},
