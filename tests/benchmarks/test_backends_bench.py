@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from benchmarks.backends import augmented_photos
@@ -21,6 +22,7 @@ def test_augmented_photos_are_the_same_when_made_twice() -> None:
     assert {Image.open(io.BytesIO(data)).size for data in first} == {(224, 224)}
 
 
+@pytest.mark.slow  # runs the benchmark command end to end
 def test_backends_command_writes_parity_and_throughput_when_asked_with_out(tmp_path: Path) -> None:
     out = tmp_path / "backends.json"
     command = [

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import yaml
 
-from deployments.auth import RateLimiter
+from deployments.app import INGRESS_OPTIONS, LIMITER_OPTIONS, MODEL_OPTIONS
 from deployments.ray_env import THROUGHPUT_ENV, host_ports_of_its_own
 from tests.serve_cluster import DEFAULT_CONFIG, REPO, free_port
 
@@ -38,14 +38,16 @@ EXPLAIN_WITHIN_S = 30.0
 
 
 def _cpus(deployment: dict[str, Any]) -> float:
-    return float(deployment.get("ray_actor_options", {}).get("num_cpus", 1))
+    """What one replica asks, with the options the config leaves to the code's defaults."""
+    default = INGRESS_OPTIONS if deployment["name"] == "Ingress" else MODEL_OPTIONS
+    return float((default | deployment)["ray_actor_options"]["num_cpus"])
 
 
 @pytest.mark.parametrize("path", [DEFAULT_CONFIG, IMAGENET_CONFIG], ids=lambda p: p.name)
 def test_shipped_config_leaves_room_on_two_cores_for_api_keys_and_a_second_replica(path: Path) -> None:
     (app,) = yaml.safe_load(path.read_text())["applications"]
     replicas = sum(_cpus(d) * d.get("num_replicas", 1) for d in app["deployments"])
-    limiter = float(RateLimiter.ray_actor_options["num_cpus"])
+    limiter = float(LIMITER_OPTIONS["ray_actor_options"]["num_cpus"])
     second = max(_cpus(d) for d in app["deployments"] if d["name"] != "Ingress")
     assert replicas + limiter + second <= CORES
 

@@ -89,7 +89,13 @@ def _image_size(spec: ModelSpec, index: int) -> list[int]:
 
 @pytest.mark.parametrize(
     "name",
-    [n for n in list_models(Task.CLASSIFICATION) if _num_params(n) <= FORWARD_PARAM_LIMIT] + BUNDLED,
+    # Every torchvision architecture is built: thirty seconds in all, so outside the fast tier.
+    [
+        pytest.param(n, marks=pytest.mark.slow)
+        for n in list_models(Task.CLASSIFICATION)
+        if _num_params(n) <= FORWARD_PARAM_LIMIT and n not in BUNDLED
+    ]
+    + BUNDLED,
 )
 def test_every_spec_returns_one_result_per_input(name: str) -> None:
     spec = get_spec(name, weights="random")
