@@ -9,7 +9,6 @@ The page's prose is written by hand and states no figure; every number sits in a
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import adaptive, backends, report
+from models.docs import cli, render_blocks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -215,25 +214,11 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 
 def render(page: str, results: Path = RESULTS) -> str:
     """`page` with every generated block made anew from `results`."""
-    names = [m["name"] for m in BLOCK.finditer(page)]
-    if sorted(names) != sorted(BLOCKS):
-        raise ValueError(f"the page's generated blocks {sorted(names)} are not {sorted(BLOCKS)}")
-    return BLOCK.sub(lambda m: m.group(1) + BLOCKS[m["name"]](results) + m.group(4), page)
+    return render_blocks(page, BLOCKS, results)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale; change nothing")
-    args = parser.parse_args()
-    page = PAGE.read_text()
-    fresh = render(page)
-    if args.check:
-        if fresh != page:
-            print(f"{PAGE.name} is stale: run python -m benchmarks.docs", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(fresh)
-    return 0
+    return cli(__doc__.splitlines()[0], PAGE, render, "python -m benchmarks.docs")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,8 @@ def test_the_benchmarks_page_states_what_the_results_files_hold() -> None:
     assert docs.render(page) == page, "docs/benchmarks.md is stale: run python -m benchmarks.docs"
 
 
-def test_rendering_replaces_each_generated_block_and_keeps_the_prose() -> None:
-    page = "".join(
-        f"prose {name}\n<!-- generated: {name} -->\nstale 1.0\n<!-- end generated -->\n" for name in docs.BLOCKS
-    )
-    fresh = docs.render(page)
-    assert "stale 1.0" not in fresh
-    for name, block in docs.BLOCKS.items():
-        assert f"prose {name}\n<!-- generated: {name} -->\n{block(docs.RESULTS)}<!-- end generated -->\n" in fresh
-
-
 def test_a_page_naming_an_unknown_or_missing_block_is_refused() -> None:
+    # How the blocks are replaced is models.docs.render_blocks, tested in tests/unit/test_models_docs.py.
     with pytest.raises(ValueError, match="generated blocks"):
         docs.render("<!-- generated: nonsense -->\n<!-- end generated -->\n")
 
