@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-# The README's screenshot is rewritten only on request, so a test run leaves tracked files alone.
+# The docs' screenshot (docs/client.md) is rewritten only on request, so a test run leaves tracked files alone.
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 UPDATE_DOCS_ENV = "UPDATE_DOCS_SCREENSHOT"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -103,7 +103,7 @@ class Playground:
         return path
 
     def docs_screenshot(self) -> None:
-        """Rewrite the README's picture of the playground, when UPDATE_DOCS_SCREENSHOT=1."""
+        """Rewrite the docs' picture of the playground (docs/playground.png), when UPDATE_DOCS_SCREENSHOT=1."""
         if os.environ.get(UPDATE_DOCS_ENV) == "1":
             self.screenshot(DOCS_SCREENSHOT)
 

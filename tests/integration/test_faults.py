@@ -1,7 +1,7 @@
 """Faults under load on 127.0.0.1: replicas killed, redeploys, overload. Bounded in time.
 
 Each run prints its figures (requests sent, failed, time to a serving replacement), which
-the README's Security and reliability section reports.
+docs/security.md reports (Backpressure, timeouts and faults).
 """
 
 from __future__ import annotations
