@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import logging
 import os
 import secrets
@@ -26,7 +27,7 @@ from deployments import v2
 from deployments.args import ArtifactsArgs, BatchConfig, LimitsArgs, ModelArgs
 from deployments.artifacts import verify_weights
 from deployments.batching import SloBatchController
-from deployments.errors import InvalidParameters
+from deployments.errors import InvalidParameters, ServingError
 from deployments.telemetry import ModelMetrics
 from models.backends import apply_backend
 from models.images import ImageError, ImageLimits, decode_image, original_size
@@ -138,47 +139,47 @@ class ImageModel:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Run the model once at batch 1 and once at the batch cap, before the replica is ready.
+        """Run a request's whole path once, and the forward at batch 1 and at the batch cap, before
+        the replica is ready.
 
         Serve marks a replica ready when its constructor and reconfigure have returned; without this
         the first requests would pay for memory allocation and kernel setup (oneDNN primitives,
-        ONNX Runtime's first run, CUDA's lazy init). Sizes already run are not run again.
+        ONNX Runtime's first run, CUDA's lazy init) and for the decoder's and pre- and
+        postprocessing's first calls. Batch sizes already run are not run again.
         """
         sizes = {1, self._batch.max_batch_size} - self._warmed
         if not self._batch.warmup or not sizes:
             return
-        example = self._warm_input()
         started = time.perf_counter()
+        example, contexts = self._warm_input()
         for size in sorted(sizes):
-            self._forward([example] * size)
+            outputs = self._forward([example] * size)
             self._warmed.add(size)
+        self._postprocess(outputs[:1], contexts, {})
         elapsed = time.perf_counter() - started
         self._warmup_seconds += elapsed
         logger.info("model %s warmed up at batch sizes %s in %.2fs", self._spec.name, sorted(sizes), elapsed)
 
-    def _warm_input(self) -> torch.Tensor:
-        """One input as a request makes it: a noise picture of the model's input size through its own
-        preprocess (a clip of it for video models), or a latent for generators."""
+    def _warm_input(self) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """One input made as a request's is, and its context: a noise picture of the model's input
+        size, JPEG-encoded, through the decoder and the model's own preprocess (a clip of it for
+        video models), or a latent for generators."""
         spec = self._spec
         if spec.task == Task.GENERATION:
-            return self._sample(1, 0, {})[0]
+            return self._sample(1, 0, {})[0], [{}]
         height, width = spec.input_size
         pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-        picture = Image.fromarray(pixels).convert(spec.image_mode)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
         try:
-            if spec.task == Task.VIDEO_CLASSIFICATION and spec.preprocess_clip is not None:
-                return spec.preprocess_clip([picture] * spec.clip_length)
-            return spec.preprocess(picture)
-        except ValueError:
-            return torch.zeros(spec.input_shape)
-
-    def check_health(self) -> None:
-        """Raise if the replica can no longer serve (Serve then replaces it)."""
-        # A gauge recorded once, while the replica starts, can be missing from the node's export
-        # (seen on a busy CI node); the periodic health check records it again so it is always there.
-        self._metrics.load_seconds.set(self._load_seconds)
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
+            if spec.task == Task.VIDEO_CLASSIFICATION:
+                tensors, contexts = self._prepare_clips([[buffer.getvalue()] * max(spec.clip_length, 2)])
+            else:
+                tensors, contexts = self._prepare([buffer.getvalue()])
+        except (ServingError, ImageError):
+            # Not a picture this model takes (a size or mode it refuses): the forward alone, then.
+            return torch.zeros(spec.input_shape), [{"image_size": [width, height]}]
+        return tensors[0], contexts
 
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
