@@ -200,6 +200,29 @@ def fastpath_block(results: Path) -> str:
     return (results / "fastpath.md").read_text()
 
 
+def warmup_block(results: Path) -> str:
+    """The first request after ready against the steady median, with and without warm-up."""
+    data = _load(results / "warmup.json")
+    s = data["settings"]
+    lines = [
+        f"`python -m benchmarks.warmup --models {' '.join(s['models'])} --repeats {s['repeats']} "
+        f"--requests {s['requests']}`: {s['size']} JPEG, one request at a time; medians over "
+        f"{s['repeats']} server starts (worst start in brackets). Target: first request at most "
+        f"{data['target_first_over_p50']:g}x the steady p50.",
+        "",
+        "| model | measured on | warm-up | first request ms | steady p50 ms | first / p50 |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    where = {"served": "the server (HTTP, ingress, model replica)", "replica": "the replica's code alone"}
+    for r in data["summary"]:
+        lines.append(
+            f"| {r['model']} | {where[r['where']]} | {'on' if r['variant'] == 'warm' else 'off'} "
+            f"| {_f(r['first_ms'])} | {_f(r['steady_p50_ms'])} "
+            f"| {r['first_over_p50']:.2f}x ({r['worst_first_over_p50']:.2f}x) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "machine": machine_block,
     "servers": servers_block,
@@ -209,6 +232,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "adaptive": adaptive_block,
     "backends": backends_block,
     "fastpath": fastpath_block,
+    "warmup": warmup_block,
 }
 
 

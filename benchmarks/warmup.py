@@ -7,12 +7,17 @@ batch 1 and at its batch cap before it reports ready, deployments/image_model.py
 `<model>_cold` (`warmup: false`). Once Serve reports both ready (/v2/models/<name>/ready), each
 gets one request, timed, then `--requests` more one at a time: the ratio of the first to their
 median is what a client pays for arriving first. The server is restarted for every repeat.
+
+The same is measured on the model replica's own code, built in this process without Serve
+(`where: replica`), to tell the model's first-call costs from the serving path's.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -22,8 +27,10 @@ import httpx
 import psutil
 
 from benchmarks.images import SIZES, jpeg_images
-from benchmarks.pipeline import MODELS
+from benchmarks.pipeline import MODELS, weights_for
 from benchmarks.servers import Running, Server, free_ports, serve_command, vision_maas_config, write_config
+from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
+from deployments.image_model import ImageModel
 from deployments.ray_env import THROUGHPUT_ENV, host_ports_of_its_own
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,6 +90,7 @@ def measure_start(model: str, image: bytes, requests: int, log: Path, cold_first
                     {
                         "model": model,
                         "variant": variant,
+                        "where": "served",
                         "ready_s": round(ready_s, 1),
                         "first_ms": round(firsts[name], 1),
                         "steady_p50_ms": round(steady, 1),
@@ -94,15 +102,56 @@ def measure_start(model: str, image: bytes, requests: int, log: Path, cold_first
     return rows
 
 
+def measure_replica(model: str, image: bytes, requests: int, warm: bool) -> dict[str, Any]:
+    """The replica's own code, built here without Serve: its first :predict and the median of the next
+    ones. Run it in a fresh process (`in_fresh_process`): torch's kernel caches are per process."""
+    replica: Any = ImageModel.func_or_class  # type: ignore[attr-defined]
+    original = replica._warm_up
+    if not warm:  # a replica as it was before warm-up: load, then straight to the first request
+        replica._warm_up = lambda self: None
+    try:
+        built = replica(ModelArgs(name=model, weights=weights_for(model)), LimitsArgs(), ArtifactsArgs())
+    finally:
+        replica._warm_up = original
+
+    async def run() -> list[float]:
+        times = []
+        for _ in range(requests + 1):
+            started = time.perf_counter()
+            await built.predict([image], {})
+            times.append((time.perf_counter() - started) * 1000.0)
+        return times
+
+    times = asyncio.run(run())
+    steady = statistics.median(times[1:])
+    return {
+        "model": model,
+        "variant": "warm" if warm else "cold",
+        "where": "replica",
+        "first_ms": round(times[0], 1),
+        "steady_p50_ms": round(steady, 1),
+        "first_over_p50": round(times[0] / steady, 2),
+    }
+
+
+def in_fresh_process(model: str, image: bytes, requests: int, warm: bool) -> dict[str, Any]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        row: dict[str, Any] = pool.apply(measure_replica, (model, image, requests, warm))
+    return row
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median over starts per (model, variant)."""
+    """Median over starts per (model, where, variant)."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        for variant in VARIANTS:
-            group = [r for r in rows if r["model"] == model and r["variant"] == variant]
+        for where, variant in [(w, v) for w in ("served", "replica") for v in VARIANTS]:
+            group = [r for r in rows if (r["model"], r["where"], r["variant"]) == (model, where, variant)]
+            if not group:
+                continue
             out.append(
                 {
                     "model": model,
+                    "where": where,
                     "variant": variant,
                     "starts": len(group),
                     "first_ms": round(statistics.median(r["first_ms"] for r in group), 1),
@@ -137,6 +186,12 @@ def main() -> None:
                     flush=True,
                 )
             rows += started
+            for warm in (False, True):
+                row = in_fresh_process(model, image, args.requests, warm)
+                print(
+                    f"{model} {row['variant']} replica: first {row['first_ms']:.0f} ms ({row['first_over_p50']:.2f}x)"
+                )
+                rows.append(row)
     summary = summarise(rows)
     result = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
