@@ -52,11 +52,10 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from models.weights import WeightsError, WeightsIntegrityError, sha256_file
+from models.weights import ENCRYPTED_SUFFIX, WeightsError, WeightsIntegrityError, sha256_file
 
 KEYS_ENV = "VISION_MAAS_WEIGHTS_KEYS"
 MAGIC = b"VMENC1"
-ENCRYPTED_SUFFIX = ".enc"
 # The formats the loader reads; `<name><suffix>.enc` tells it which one is inside.
 PLAIN_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 KEY_BYTES = 32

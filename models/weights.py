@@ -23,7 +23,7 @@ from torchvision.models import WeightsEnum
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
-ENCRYPTED_SUFFIX = ".enc"  # models.crypto
+ENCRYPTED_SUFFIX = ".enc"  # encrypted weights (models.crypto writes and reads them)
 
 StateDict = dict[str, torch.Tensor]
 
