@@ -10,36 +10,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.v2 import (
+    HEADER_LENGTH,
+    IMAGE_INPUT,
+    LABEL_INPUT,
+    SEED_INPUT,
+    TENSOR_INPUT,
+    VIDEO_INPUT,
+    datatype_of,
+    numpy_dtype,
+    pack_bytes,
+    unpack_bytes,
+)
 from deployments.errors import BadRequest, InvalidParameters, describe_validation_error
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-IMAGE_INPUT = "image"
-TENSOR_INPUT = "input"
-VIDEO_INPUT = "video"
-SEED_INPUT = "seed"
-LABEL_INPUT = "label"
-
-_NUMPY_TYPES: dict[str, str] = {
-    "BOOL": "?",
-    "UINT8": "<u1",
-    "UINT16": "<u2",
-    "UINT32": "<u4",
-    "UINT64": "<u8",
-    "INT8": "<i1",
-    "INT16": "<i2",
-    "INT32": "<i4",
-    "INT64": "<i8",
-    "FP16": "<f2",
-    "FP32": "<f4",
-    "FP64": "<f8",
-}
+__all__ = ["HEADER_LENGTH", "IMAGE_INPUT", "LABEL_INPUT", "SEED_INPUT", "TENSOR_INPUT", "VIDEO_INPUT", "datatype_of"]
 
 
 class InferInput(BaseModel):
@@ -103,23 +94,14 @@ def _count(shape: Sequence[int]) -> int:
 
 
 def deserialize_bytes(raw: bytes) -> list[bytes]:
-    """BYTES tensor in the binary extension: each element is a 4-byte little-endian length, then data."""
-    items, offset = [], 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise BadRequest("BYTES tensor data is truncated")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise BadRequest("BYTES tensor element is truncated")
-        items.append(raw[offset : offset + length])
-        offset += length
-    return items
+    """A BYTES tensor's elements from its binary data; malformed data is a 400."""
+    try:
+        return unpack_bytes(raw)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
-def serialize_bytes(items: Sequence[bytes]) -> bytes:
-    """The inverse of deserialize_bytes."""
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+serialize_bytes = pack_bytes
 
 
 def decode_inputs(request: InferRequest, binary: bytes) -> dict[str, np.ndarray | list[bytes]]:
@@ -185,17 +167,9 @@ def _check_count(tensor: InferInput, count: int) -> None:
 
 def _dtype(tensor: InferInput) -> np.dtype[Any]:
     try:
-        return np.dtype(_NUMPY_TYPES[tensor.datatype])
-    except KeyError:
+        return numpy_dtype(tensor.datatype)
+    except ValueError:
         raise BadRequest(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}") from None
-
-
-def datatype_of(array: np.ndarray) -> str:
-    """The protocol datatype name of a numpy array."""
-    for name, code in _NUMPY_TYPES.items():
-        if np.dtype(code) == array.dtype.newbyteorder("<"):
-            return name
-    return "BYTES"
 
 
 def classification_output(scores: np.ndarray, k: int, labels: Sequence[str]) -> list[list[bytes]]:

@@ -28,6 +28,8 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
+from contract.v2 import HEADER_LENGTH, IMAGE_INPUT, numpy_dtype, pack_bytes, unpack_bytes
+
 ImageSource: TypeAlias = bytes | bytearray | str | os.PathLike[str]
 """An encoded image: its bytes, or the path of a file holding them."""
 
@@ -45,7 +47,6 @@ AnnotateItem: TypeAlias = tuple[ImageSource, Sequence[FeatureSpec]]
 Frames: TypeAlias = Sequence[ImageSource] | Sequence[Sequence[ImageSource]]
 """Still frames of one video clip, in order; or several such clips."""
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 USER_AGENT = "vision-maas-client"
 
 # Failures that happen before the server has answered anything: the request can be sent again.
@@ -63,20 +64,6 @@ RETRYABLE_ERRORS: tuple[type[httpx.TransportError], ...] = (
 # {"error": "message"}): deployments.errors.ERROR_CODE_HEADER.
 _ERROR_CODE_HEADER = "X-Error-Code"
 
-_NUMPY_TYPES: dict[str, str] = {
-    "BOOL": "?",
-    "UINT8": "<u1",
-    "UINT16": "<u2",
-    "UINT32": "<u4",
-    "UINT64": "<u8",
-    "INT8": "<i1",
-    "INT16": "<i2",
-    "INT32": "<i4",
-    "INT64": "<i8",
-    "FP16": "<f2",
-    "FP32": "<f4",
-    "FP64": "<f8",
-}
 
 _SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg", ".jpg"),
@@ -427,12 +414,12 @@ def _predict_json_call(model: str, images: Images, parameters: Mapping[str, Any]
 def _infer_call(model: str, images: Images, version: str | None) -> _Call:
     """Open Inference Protocol v2, binary extension: one BYTES input `image`, every output as binary."""
     loaded = _load(images)
-    raw = b"".join(struct.pack("<I", len(data)) + data for data, _ in loaded)
+    raw = pack_bytes([data for data, _ in loaded])
     head = json.dumps(
         {
             "inputs": [
                 {
-                    "name": "image",
+                    "name": IMAGE_INPUT,
                     "shape": [len(loaded)],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": len(raw)},
@@ -526,22 +513,12 @@ def _tensors(response: httpx.Response) -> dict[str, np.ndarray]:
 
 def _tensor_from_bytes(datatype: str, shape: list[int], chunk: bytes) -> np.ndarray:
     if datatype == "BYTES":
-        items: list[bytes] = []
-        offset = 0
-        while offset < len(chunk):
-            (length,) = struct.unpack_from("<I", chunk, offset)
-            item = chunk[offset + 4 : offset + 4 + length]
-            if len(item) != length:
-                raise ValueError("BYTES element is truncated")
-            items.append(item)
-            offset += 4 + length
+        items = unpack_bytes(chunk)
         array = np.empty(len(items), dtype=object)
         array[:] = items
         return array.reshape(shape)
-    if datatype not in _NUMPY_TYPES:
-        raise ValueError(f"unsupported datatype {datatype!r}")
     # A copy: frombuffer over bytes is read-only, and callers expect an ordinary array.
-    return np.frombuffer(chunk, dtype=np.dtype(_NUMPY_TYPES[datatype])).reshape(shape).copy()
+    return np.frombuffer(chunk, dtype=numpy_dtype(datatype)).reshape(shape).copy()
 
 
 def _tensor_from_json(datatype: str, shape: list[int], data: list[Any]) -> np.ndarray:
@@ -549,9 +526,7 @@ def _tensor_from_json(datatype: str, shape: list[int], data: list[Any]) -> np.nd
         array = np.empty(len(data), dtype=object)
         array[:] = data
         return array.reshape(shape)
-    if datatype not in _NUMPY_TYPES:
-        raise ValueError(f"unsupported datatype {datatype!r}")
-    return np.asarray(data, dtype=np.dtype(_NUMPY_TYPES[datatype])).reshape(shape)
+    return np.asarray(data, dtype=numpy_dtype(datatype)).reshape(shape)
 
 
 def _rate_limit(response: httpx.Response) -> dict[str, str]:

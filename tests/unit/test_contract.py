@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 
-def test_contract_and_the_config_schema_load_neither_torch_nor_ray() -> None:
+def test_contract_the_config_schema_and_the_client_load_neither_torch_nor_ray() -> None:
     code = (
-        "import sys, contract, contract.tasks, contract.backends, deployments.args\n"
+        "import sys, contract, contract.tasks, contract.backends, contract.params, contract.v2, deployments.args, maas\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'ray') if m in sys.modules)\n"
         "print(','.join(heavy))"
     )
