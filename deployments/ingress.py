@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.errors import error_payload
 from contract.tasks import IMAGE_TASKS, Task
 from deployments import schemas, telemetry, v2
 from deployments.args import AuthArgs, LimitsArgs
@@ -49,7 +50,6 @@ from deployments.errors import (
     UnsupportedMediaType,
     as_serving_error,
     describe_validation_error,
-    error_payload,
 )
 from deployments.schemas import ModelCard
 from models.images import ImageError, ImageLimits, decode_image

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.errors import ERROR_CODE_HEADER
 from contract.params import (
     MAX_SEED,
     PARAMS_BY_TASK,
@@ -14,7 +15,6 @@ from contract.params import (
     DetectionParams,
     SegmentationParams,
 )
-from deployments.errors import ERROR_CODE_HEADER
 
 # Re-exported: the routes and the OpenAPI helpers below take the task parameters from here.
 __all__ = ["PARAMS_BY_TASK", "ClassificationParams", "DenoisingParams", "DetectionParams", "SegmentationParams"]

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
+from contract.errors import ERROR_CODE_HEADER
 from contract.v2 import HEADER_LENGTH, IMAGE_INPUT, numpy_dtype, pack_bytes, unpack_bytes
 
 ImageSource: TypeAlias = bytes | bytearray | str | os.PathLike[str]
@@ -59,10 +60,6 @@ RETRYABLE_ERRORS: tuple[type[httpx.TransportError], ...] = (
     httpx.ReadError,
     httpx.RemoteProtocolError,
 )
-
-# The server names every error's code in this header as well as in a v1 body (a v2 body is only
-# {"error": "message"}): deployments.errors.ERROR_CODE_HEADER.
-_ERROR_CODE_HEADER = "X-Error-Code"
 
 
 _SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
@@ -101,7 +98,7 @@ class ApiError(Exception):
         (a proxy's page, say) gets `http_<status>`, never a guess at what the server would have said.
         """
         status = response.status_code
-        code = response.headers.get(_ERROR_CODE_HEADER) or f"http_{status}"
+        code = response.headers.get(ERROR_CODE_HEADER) or f"http_{status}"
         message = response.reason_phrase or f"HTTP {status}"
         try:
             body = response.json()

@@ -31,8 +31,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from contract.errors import error_payload
 from deployments import v2
-from deployments.errors import ServingError, error_payload
+from deployments.errors import ServingError
 from maas import ApiError, AsyncVisionClient, RetryPolicy, VisionClient
 from maas.client import Images, ParamValue, parse_retry_after, sniff_content_type
 
