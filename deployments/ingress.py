@@ -468,9 +468,9 @@ class Ingress:
         """Base64 PNGs in JSON, or one PNG itself with `Accept: image/png`; the same seed gives the same images."""
         card = self._card(model)
         _, headers = await self._authorize(key, model)
-        body = await self._json_body(request, schemas.GenerateBody)
         if card.task != Task.GENERATION:
             raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
+        body = await self._json_body(request, schemas.GenerateBody)
         if body.num_images > self._limits.max_images_per_request:
             raise PayloadTooLarge(
                 f"num_images {body.num_images} is over the limit of {self._limits.max_images_per_request}"
