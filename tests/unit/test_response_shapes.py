@@ -1,0 +1,96 @@
+"""The answers the model families build are exactly what the API's response schemas (and so the
+OpenAPI document) say: every bundled model, answering real inputs in-process, checked against its
+route's response model with no field missing, none unknown and every type right."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from deployments import schemas
+from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
+from deployments.image_model import ImageModel
+from models.training.samples import write_samples
+
+Replica: Any = ImageModel.func_or_class  # type: ignore[attr-defined]
+
+PREDICTION_OF_TASK: dict[str, type[BaseModel]] = {
+    "classification": schemas.ClassificationPrediction,
+    "video_classification": schemas.ClassificationPrediction,
+    "detection": schemas.DetectionPrediction,
+    "segmentation": schemas.SegmentationPrediction,
+    "denoising": schemas.DenoisingPrediction,
+}
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("samples")
+    write_samples(directory)
+    return directory
+
+
+def conforms(value: Any, model: type[BaseModel]) -> None:
+    """`value` validates as `model`, and every nested object has exactly the model's fields
+    (required ones present, no others): a key the schema does not document fails."""
+    model.model_validate(value)
+    assert isinstance(value, dict), value
+    unknown = set(value) - set(model.model_fields)
+    assert not unknown, f"{model.__name__}: fields not in the schema: {unknown}"
+    missing = {n for n, f in model.model_fields.items() if f.is_required()} - set(value)
+    assert not missing, f"{model.__name__}: missing {missing}"
+    for name, field in model.model_fields.items():
+        inner = field.annotation
+        items = value.get(name)
+        args = getattr(inner, "__args__", ())
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(items, list) and len(nested) == 1:
+            for item in items:
+                conforms(item, nested[0])
+        elif isinstance(items, dict) and isinstance(inner, type) and issubclass(inner, BaseModel):
+            conforms(items, inner)
+
+
+def run(coroutine: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = asyncio.run(coroutine)
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("model", "sample", "params"),
+    [
+        ("digits_cnn", "digit.png", {"top_k": 3}),
+        ("digits_detector", "scene.png", {"score_threshold": 0.1}),
+        ("digits_segmenter", "scene.png", {}),
+        ("digits_denoiser", "noisy.png", {"return_latent": True}),
+        ("digits_denoiser", "noisy.png", {}),
+        ("photo_denoiser", "scene.png", {}),
+        ("moving_digits_lstm", "clip.mp4", {"top_k": 2}),
+    ],
+)
+def test_predict_answers_are_what_the_schema_says(
+    samples: Path, model: str, sample: str, params: dict[str, Any]
+) -> None:
+    replica = Replica(ModelArgs(name=model), LimitsArgs(), ArtifactsArgs())
+    data = (samples / sample).read_bytes()
+    if model == "moving_digits_lstm":
+        answer = run(replica.predict_clips([data], params))
+    else:
+        answer = run(replica.predict([data], params))
+    envelope = {k: v for k, v in answer.items() if k != "predictions"}
+    conforms(envelope | {"predictions": []}, schemas.PredictResponse)
+    task = replica._spec.task.value
+    for prediction in answer["predictions"]:
+        conforms(prediction, PREDICTION_OF_TASK[task])
+
+
+def test_generate_and_explain_answers_are_what_the_schema_says(samples: Path) -> None:
+    generator = Replica(ModelArgs(name="digits_dcgan"), LimitsArgs(), ArtifactsArgs())
+    conforms(run(generator.generate(1, 7, {"label": 3})), schemas.GenerateResponse)
+    classifier = Replica(ModelArgs(name="digits_cnn"), LimitsArgs(), ArtifactsArgs())
+    explained = run(classifier.explain([(samples / "digit.png").read_bytes()], {"alpha": 0.5}))
+    conforms(explained, schemas.ExplainResponse)
