@@ -22,6 +22,7 @@ from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from contract.params import DetectionParams, task_params
+from models import heldout
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, _load_strict, make_preprocess, resolve_weights_choice
 from models.registry import Affine, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
@@ -394,6 +395,7 @@ def _digits_factory(name: str, weights: str | None, sha256: str | None) -> Model
         ),
         forward=digits_forward,
         input_geometry=lambda img: scene_geometry(img.width, img.height),
+        held_out=heldout.detection_scenes,
     )
 
 

@@ -24,7 +24,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 
 from models import metrics
+from models.heldout import Dataset
 from models.registry import ModelSpec, Task, get_spec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -40,63 +40,15 @@ CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".gif", ".avi", ".mov")
 BATCH = 16
 
 
-@dataclass
-class Dataset:
-    """Encoded inputs and their ground truth, in one order."""
-
-    task: Task
-    inputs: list[bytes] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)  # classification
-    boxes: list[metrics.Detections] = field(default_factory=list)  # detection
-    masks: list[np.ndarray] = field(default_factory=list)  # segmentation
-    names: list[str] = field(default_factory=list)
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 # ---- data -------------------------------------------------------------------------------
 
 
 def bundled_dataset(model: str, spec: ModelSpec, limit: int | None = None) -> Dataset:
-    """The held-out data of a bundled model: data its training never saw."""
-    # Training-data modules import scikit-learn; only evaluations of bundled data need them.
-    if model == "digits_cnn" or (spec.task == Task.CLASSIFICATION and spec.categories == tuple(map(str, range(10)))):
-        from models.training.data import digits_split, render_digit
-
-        _, _, x_test, y_test = digits_split()
-        count = len(x_test) if limit is None else min(limit, len(x_test))
-        return Dataset(
-            Task.CLASSIFICATION,
-            inputs=[_png(render_digit(x_test[i])) for i in range(count)],
-            labels=[int(y) for y in y_test[:count]],
-            names=[f"digit_{i}" for i in range(count)],
-        )
-    if spec.task in (Task.DETECTION, Task.SEGMENTATION) and model.startswith("digits_"):
-        from models.training.scenes import digit_scenes
-
-        scenes = digit_scenes("test", limit or 300)
-        data = Dataset(spec.task, names=[f"scene_{i}" for i in range(len(scenes))])
-        for scene in scenes:
-            data.inputs.append(_png(scene.image))
-            data.boxes.append(metrics.Detections(scene.boxes, scene.labels))
-            data.masks.append(scene.mask)
-        return data
-    if spec.task == Task.VIDEO_CLASSIFICATION and model == "moving_digits_lstm":
-        from models.training.moving_digits import clip_frames, make_clips
-        from models.video_io import encode_clip
-
-        clips, directions, _ = make_clips("test", limit or 400)
-        return Dataset(
-            Task.VIDEO_CLASSIFICATION,
-            inputs=[encode_clip(clip_frames(clip), "gif") for clip in clips],
-            labels=[int(d) for d in directions],
-            names=[f"clip_{i}" for i in range(len(clips))],
-        )
-    raise SystemExit(f"{model} has no bundled held-out set; pass --data DIR")
+    """The held-out data of a bundled model (its spec names it): data its training never saw."""
+    if spec.held_out is None:
+        raise SystemExit(f"{model} has no bundled held-out set; pass --data DIR")
+    data: Dataset = spec.held_out(limit)
+    return data
 
 
 def folder_dataset(directory: Path, spec: ModelSpec, limit: int | None = None) -> Dataset:

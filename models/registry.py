@@ -125,6 +125,8 @@ class ModelSpec:
     input_geometry: InputGeometry | None = None
     explain_layer: str | None = None
     """Submodule whose output Grad-CAM explains; None: the last spatial feature map."""
+    held_out: Callable[[int | None], Any] | None = None
+    """The bundled held-out set (models.heldout) that models.evaluate scores: at most `limit` items."""
     decode_min_side: int | None = None
     """For :predict, the shortest side preprocessing needs: JPEGs may decode at a reduced scale."""
 

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from contract.params import SegmentationParams, task_params
+from models import heldout
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, build_torchvision, make_preprocess, resolve_weights_choice
 from models.images import png_base64
@@ -240,6 +241,7 @@ def _digits_factory(name: str, weights: str | None, sha256: str | None) -> Model
         family="bundled.digits",
         description="U-Net trained on scenes of scikit-learn digits (models/training/train_digits_segmenter.py)",
         forward=segmentation_forward,
+        held_out=heldout.segmentation_scenes,
     )
 
 

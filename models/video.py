@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.transforms.v2 import functional as tvf
 
+from models import heldout
 from models import weights as wsrc
 from models.classifiers import (
     build_torchvision,
@@ -146,6 +147,7 @@ def _moving_digits_factory(name: str, weights: str | None, sha256: str | None) -
         weights=WeightsInfo("bundled", WEIGHTS_FILE, WEIGHTS_SHA256) if trained else WeightsInfo("random", "random"),
         image_mode="L",
         family="bundled.digits",
+        held_out=heldout.moving_digit_clips,
         description=(
             "CNN + LSTM telling which of 8 directions a handwritten digit moves in "
             "(models/training/train_moving_digits_lstm.py)"
