@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import importlib.metadata
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -20,17 +19,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.errors import error_payload
 from contract.tasks import IMAGE_TASKS, Task
-from deployments import schemas, telemetry, v2
+from deployments import inputs, schemas, telemetry, v2
 from deployments.args import AuthArgs, LimitsArgs
 from deployments.auth import KeyStore, Tenant
 from deployments.errors import (
@@ -47,19 +44,15 @@ from deployments.errors import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
-    UnsupportedMediaType,
     as_serving_error,
-    describe_validation_error,
 )
 from deployments.schemas import ModelCard
 from models.images import ImageError, ImageLimits, decode_image
 
 logger = logging.getLogger("ray.serve")
-ParamsT = TypeVar("ParamsT", bound=BaseModel)
 
 SERVER_NAME = "vision-maas"
 SERVER_VERSION = importlib.metadata.version(SERVER_NAME)  # pyproject.toml's, as installed
-RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 RETRY_AFTER_S = "1"
 # The statuses of the routes that take images or tensors (:predict, :explain, /v2 infer).
 INFER_ERRORS = (400, 401, 403, 404, 408, 413, 415, 422, 429, 503)
@@ -158,46 +151,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return _error_response(request, exc.status_code, code, str(exc.detail))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def _b64(value: str, index: int) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"instances[{index}].b64 is not valid base64") from None
-
-
-def _validate(schema: type[ParamsT], values: dict[str, Any]) -> ParamsT:
-    """Parameters checked against the route's schema: 422 naming the first bad one."""
-    try:
-        return schema.model_validate(values)
-    except ValidationError as exc:
-        raise InvalidParameters(describe_validation_error(exc)) from None
-
-
-def _accepts_png_only(accept: str) -> bool:
-    """True when the client asks for image/png and not for JSON (curl's default */* gets JSON)."""
-    types = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
-    return "image/png" in types and not types & {"application/json", "*/*", "application/*"}
 
 
 def _triton_type(datatype: str) -> str:
@@ -304,99 +257,6 @@ class Ingress:
                 raise ServingError("internal error") from None
             raise error from None
 
-    async def _images_and_params(self, request: Request) -> tuple[list[bytes], dict[str, Any]]:
-        """Images from a raw, multipart or JSON body; parameters from the query and the body."""
-        items, params = await self._inputs_and_params(request, video=False)
-        return [item for item in items if isinstance(item, bytes)], params
-
-    async def _inputs_and_params(
-        self, request: Request, *, video: bool
-    ) -> tuple[list[bytes | list[bytes]], dict[str, Any]]:
-        """Inputs from a raw, multipart or JSON body, and parameters from the query and the body.
-
-        Each input is an encoded image or clip; for video models (`video`), also a clip sent
-        as still frames in order (multipart parts named `frame`, or JSON `frames`).
-        """
-        body = await read_body(request, self._limits.max_body_bytes)
-        params: dict[str, Any] = dict(request.query_params)
-        media = _media_type(request)
-        items: list[bytes | list[bytes]]
-        if media in RAW_IMAGE_TYPES or media.startswith("image/") or (video and media.startswith("video/")):
-            items = [body]
-        elif media == "multipart/form-data":
-            items, fields = await self._multipart(request, body, video=video)
-            params.update(fields)
-        elif media == "application/json":
-            try:
-                parsed = schemas.PredictBody.model_validate_json(body)
-            except ValidationError as exc:
-                if any(e["type"] == "json_invalid" for e in exc.errors()):
-                    raise BadRequest("request body is not valid JSON") from None
-                raise InvalidParameters(describe_validation_error(exc)) from None
-            items = []
-            for i, inst in enumerate(parsed.instances):
-                if inst.frames is not None:
-                    if not video:
-                        raise BadRequest(f"instances[{i}].frames: only video models take frames")
-                    items.append([_b64(frame, i) for frame in inst.frames])
-                else:
-                    items.append(_b64(inst.b64 or "", i))
-            params.update(parsed.parameters)
-        else:
-            kinds = "video/*, image/gif, " if video else ""
-            raise UnsupportedMediaType(
-                f"unsupported content type {media or '(none)'!r}; send {kinds}image/jpeg, image/png, image/webp, "
-                "multipart/form-data or application/json"
-            )
-        if not items or not all(items) or not all(all(f) for f in items if isinstance(f, list)):
-            raise BadRequest("no image in the request" if not video else "no clip in the request")
-        if len(items) > self._limits.max_images_per_request:
-            raise PayloadTooLarge(
-                f"{len(items)} inputs in one request; the limit is {self._limits.max_images_per_request}"
-            )
-        return items, params
-
-    async def _multipart(
-        self, request: Request, body: bytes, *, video: bool = False
-    ) -> tuple[list[bytes | list[bytes]], dict[str, str]]:
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        max_parts = self._limits.max_images_per_request + 1 + (self._limits.max_video_frames if video else 0)
-        try:
-            form = await Request(request.scope, replay).form(max_files=max_parts, max_fields=64)
-        except StarletteHTTPException as exc:
-            raise BadRequest(f"malformed multipart body: {exc.detail}") from None
-        try:
-            items: list[bytes | list[bytes]] = []
-            frames: list[bytes] = []
-            fields: dict[str, str] = {}
-            file_parts = ("image", "video", "frame") if video else ("image",)
-            for key, value in form.multi_items():
-                if key in file_parts:
-                    data = await value.read() if isinstance(value, UploadFile) else value.encode()
-                    (frames if key == "frame" else items).append(data)
-                elif isinstance(value, str):
-                    fields[key] = value
-                else:
-                    names = ", ".join(repr(n) for n in file_parts)
-                    raise BadRequest(f"unexpected file part {key!r}; file parts are named {names}")
-            if frames:
-                items.append(frames)
-            return items, fields
-        finally:
-            await form.close()
-
-    async def _json_body(self, request: Request, schema: type[ParamsT]) -> ParamsT:
-        """A JSON body read under the size cap: 400 when it is not JSON, 422 when its values are wrong."""
-        body = await read_body(request, self._limits.max_body_bytes)
-        try:
-            return schema.model_validate_json(body)
-        except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise BadRequest("request body is not valid JSON") from None
-            raise InvalidParameters(describe_validation_error(exc)) from None
-
     def _decode_shared(self, data: bytes) -> np.ndarray:
         limits = ImageLimits(max_bytes=self._limits.max_image_bytes, max_pixels=self._limits.max_image_pixels)
         return np.asarray(decode_image(data, "RGB", limits))
@@ -404,7 +264,7 @@ class Ingress:
     async def _annotate_one(self, req: schemas.AnnotateRequest, tenant: Tenant | None) -> dict[str, Any]:
         """One image of an annotate request: decoded once, then every feature concurrently."""
         try:
-            data = _b64(req.image.b64, 0)
+            data = inputs.b64(req.image.b64, 0)
             # Off the event loop: other requests keep flowing while a large image decodes.
             array = await asyncio.to_thread(self._decode_shared, data)
         except (ServingError, ImageError) as exc:
@@ -423,7 +283,7 @@ class Ingress:
                 raise Forbidden(f"this API key may not use model {feature.model!r}")
             if card.task not in IMAGE_TASKS:
                 raise RouteNotSupported(f"model {feature.model!r} ({card.task}) does not annotate still images")
-            params = _validate(schemas.PARAMS_BY_TASK[card.task], feature.parameters)
+            params = inputs.validate(schemas.PARAMS_BY_TASK[card.task], feature.parameters)
             # The ObjectRef is a top-level argument, so Ray hands the replica the array itself.
             result = await self._call(feature.model, "predict_decoded", image, params.model_dump())
         except ServingError as exc:
@@ -446,8 +306,8 @@ class Ingress:
         if card.task not in schemas.PARAMS_BY_TASK:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route; see its task's route")
         video = card.task == Task.VIDEO_CLASSIFICATION
-        items, raw_params = await self._inputs_and_params(request, video=video)
-        params = _validate(schemas.PARAMS_BY_TASK[card.task], raw_params)
+        items, raw_params = await inputs.inputs_and_params(request, self._limits, video=video)
+        params = inputs.validate(schemas.PARAMS_BY_TASK[card.task], raw_params)
         if video:
             result = await self._call(model, "predict_clips", items, params.model_dump())
         else:
@@ -470,12 +330,12 @@ class Ingress:
         _, headers = await self._authorize(key, model)
         if card.task != Task.GENERATION:
             raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
-        body = await self._json_body(request, schemas.GenerateBody)
+        body = await inputs.json_body(request, self._limits, schemas.GenerateBody)
         if body.num_images > self._limits.max_images_per_request:
             raise PayloadTooLarge(
                 f"num_images {body.num_images} is over the limit of {self._limits.max_images_per_request}"
             )
-        want_png = _accepts_png_only(request.headers.get("accept", ""))
+        want_png = inputs.accepts_png_only(request.headers.get("accept", ""))
         if want_png and body.num_images != 1:
             raise NotAcceptable("Accept: image/png returns one image; ask for num_images 1 or accept application/json")
         result = await self._call(model, "generate", body.num_images, body.seed, body.for_model())
@@ -502,8 +362,8 @@ class Ingress:
         _, headers = await self._authorize(key, model)
         if not card.explainable:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :explain route; classifiers do")
-        images, raw_params = await self._images_and_params(request)
-        params = _validate(schemas.ExplainParams, raw_params)
+        images, raw_params = await inputs.images_and_params(request, self._limits)
+        params = inputs.validate(schemas.ExplainParams, raw_params)
         result = await self._call(model, "explain", images, params.for_model())
         return JSONResponse(result, headers=headers)
 
@@ -517,7 +377,7 @@ class Ingress:
     async def annotate(self, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Each image is decoded once and shared by its models; an unknown or refused model fails only its feature."""
         tenant, headers = await self._authorize(key, None)
-        body = await self._json_body(request, schemas.AnnotateBody)
+        body = await inputs.json_body(request, self._limits, schemas.AnnotateBody)
         if len(body.requests) > self._limits.max_annotate_images:
             raise PayloadTooLarge(
                 f"{len(body.requests)} images in one request; the limit is {self._limits.max_annotate_images}"
@@ -746,19 +606,19 @@ class Ingress:
         """Inputs as JSON tensors or binary tensor data; outputs likewise, or top-k `classification` strings."""
         card = self._v2_card(model, version)
         _, auth_headers = await self._authorize(key, model)
-        body = await read_body(request, self._limits.max_body_bytes)
+        body = await inputs.read_body(request, self._limits.max_body_bytes)
         infer_request, binary = v2.split_body(body, request.headers.get(v2.HEADER_LENGTH))
-        inputs = v2.decode_inputs(infer_request, binary)
+        tensors = v2.decode_inputs(infer_request, binary)
         accepted = {i.name: i.datatype for i in card.inputs}
-        unknown = set(inputs) - set(accepted)
-        given = set(inputs) - {v2.LABEL_INPUT}  # a generator's labels go with its seeds
+        unknown = set(tensors) - set(accepted)
+        given = set(tensors) - {v2.LABEL_INPUT}  # a generator's labels go with its seeds
         if unknown or len(given) != 1:
             raise BadRequest(
                 f"send exactly one of the inputs {', '.join(repr(n) for n in accepted if n != v2.LABEL_INPUT)}"
-                f" (see GET /v2/models/{card.name}); got {', '.join(sorted(inputs)) or 'none'}"
+                f" (see GET /v2/models/{card.name}); got {', '.join(sorted(tensors)) or 'none'}"
             )
         count = 0
-        for name, value in inputs.items():
+        for name, value in tensors.items():
             kind = accepted[name]
             if kind == "BYTES" and not isinstance(value, list):
                 raise BadRequest(f"input {name!r} must be BYTES")
@@ -772,6 +632,6 @@ class Ingress:
             raise BadRequest("the input is empty")
         if count > self._limits.max_images_per_request:
             raise PayloadTooLarge(f"{count} items in one request; the limit is {self._limits.max_images_per_request}")
-        outputs = await self._call(model, "infer", inputs)
+        outputs = await self._call(model, "infer", tensors)
         content, headers = v2.encode_response(card.name, card.version, infer_request, outputs, card.labels)
         return Response(content=content, headers=headers | auth_headers)
