@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.errors import error_payload
 from contract.tasks import IMAGE_TASKS, Task
-from deployments import inputs, schemas, telemetry, v2
+from deployments import inputs, openapi, schemas, telemetry, v2
 from deployments.args import AuthArgs, LimitsArgs
 from deployments.auth import KeyStore, Tenant
 from deployments.errors import (
@@ -57,8 +57,8 @@ RETRY_AFTER_S = "1"
 # The statuses of the routes that take images or tensors (:predict, :explain, /v2 infer).
 INFER_ERRORS = (400, 401, 403, 404, 408, 413, 415, 422, 429, 503)
 # Each shared by a /v2 route and its /versions/{version} twin.
-V2_MODEL_RESPONSES = schemas.v2_errors(401, 403, 404, 429, 503)
-V2_INFER_RESPONSES = {**schemas.v2_errors(*INFER_ERRORS), 200: schemas.V2_BINARY_INFER_RESPONSE}
+V2_MODEL_RESPONSES = openapi.v2_errors(401, 403, 404, 429, 503)
+V2_INFER_RESPONSES = {**openapi.v2_errors(*INFER_ERRORS), 200: openapi.V2_BINARY_INFER_RESPONSE}
 
 app = FastAPI(
     title="vision-maas",
@@ -295,8 +295,8 @@ class Ingress:
     @app.post(
         "/v1/models/{model}:predict",
         response_model=schemas.PredictResponse,
-        responses=schemas.errors(*INFER_ERRORS),
-        openapi_extra=schemas.PREDICT_OPENAPI,
+        responses=openapi.errors(*INFER_ERRORS),
+        openapi_extra=openapi.PREDICT_OPENAPI,
         summary="Predict on one or more images",
     )
     async def predict(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
@@ -318,10 +318,10 @@ class Ingress:
         "/v1/models/{model}:generate",
         response_model=schemas.GenerateResponse,
         responses={
-            **schemas.errors(400, 401, 403, 404, 406, 408, 413, 422, 429, 503),
-            200: schemas.GENERATED_PNG_RESPONSE,
+            **openapi.errors(400, 401, 403, 404, 406, 408, 413, 422, 429, 503),
+            200: openapi.GENERATED_PNG_RESPONSE,
         },
-        openapi_extra=schemas.json_request_body(schemas.GenerateBody),
+        openapi_extra=openapi.json_request_body(schemas.GenerateBody),
         summary="Generate images (generative models)",
     )
     async def generate(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
@@ -352,8 +352,8 @@ class Ingress:
     @app.post(
         "/v1/models/{model}:explain",
         response_model=schemas.ExplainResponse,
-        responses=schemas.errors(*INFER_ERRORS),
-        openapi_extra=schemas.EXPLAIN_OPENAPI,
+        responses=openapi.errors(*INFER_ERRORS),
+        openapi_extra=openapi.EXPLAIN_OPENAPI,
         summary="Explanation maps of a classifier's decision (Grad-CAM, attention rollout)",
     )
     async def explain(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
@@ -370,8 +370,8 @@ class Ingress:
     @app.post(
         "/v1/images:annotate",
         response_model=schemas.AnnotateResponse,
-        responses=schemas.errors(400, 401, 413, 422, 429, 503),
-        openapi_extra=schemas.json_request_body(schemas.AnnotateBody),
+        responses=openapi.errors(400, 401, 413, 422, 429, 503),
+        openapi_extra=openapi.json_request_body(schemas.AnnotateBody),
         summary="Several models on each of several images; errors reported per feature",
     )
     async def annotate(self, request: Request, key: str | None = CREDENTIAL) -> Response:
@@ -390,7 +390,7 @@ class Ingress:
     @app.get(
         "/v1/models",
         response_model=schemas.ModelList,
-        responses=schemas.errors(401, 408, 429, 503),
+        responses=openapi.errors(401, 408, 429, 503),
         summary="The served models",
     )
     async def list_models(self, key: str | None = CREDENTIAL) -> Response:
@@ -403,7 +403,7 @@ class Ingress:
     @app.get(
         "/v1/models/{model}",
         response_model=schemas.ModelMetadata,
-        responses=schemas.errors(401, 403, 404, 408, 429, 503),
+        responses=openapi.errors(401, 403, 404, 408, 429, 503),
         summary="One model: task, input, labels, weights, batching",
     )
     async def get_model(self, model: str, key: str | None = CREDENTIAL) -> Response:
@@ -416,7 +416,7 @@ class Ingress:
         "/",
         response_class=Response,  # as /metrics: errors are JSON, whatever this route's own media type
         responses={
-            **schemas.errors(),
+            **openapi.errors(),
             200: {
                 "description": "HTML",
                 "content": {"text/html": {"schema": {"type": "string"}, "example": LANDING_PAGE}},
@@ -432,7 +432,7 @@ class Ingress:
         "/metrics",
         # Plain Response: with PlainTextResponse, FastAPI would document the JSON errors as text/plain.
         response_class=Response,
-        responses={**schemas.errors(401, 429, 503), 200: schemas.METRICS_RESPONSE},
+        responses={**openapi.errors(401, 429, 503), 200: openapi.METRICS_RESPONSE},
         summary="Prometheus metrics of this node (Ray, Serve and vision-maas series)",
     )
     async def metrics(self, key: str | None = CREDENTIAL) -> Response:
@@ -452,7 +452,7 @@ class Ingress:
         return Response(scraped.content, media_type=content_type, headers=headers)
 
     @app.get(
-        "/healthz", response_model=schemas.HealthStatus, responses=schemas.errors(), summary="Liveness of the ingress"
+        "/healthz", response_model=schemas.HealthStatus, responses=openapi.errors(), summary="Liveness of the ingress"
     )
     async def healthz(self) -> Response:
         """Answers while the ingress runs, whatever the models' state (Kubernetes' liveness probe)."""
@@ -460,9 +460,7 @@ class Ingress:
 
     # ---- Open Inference Protocol v2 ---------------------------------------------------
 
-    @app.get(
-        "/v2", response_model=schemas.V2ServerMetadata, responses=schemas.v2_errors(), summary="v2 server metadata"
-    )
+    @app.get("/v2", response_model=v2.V2ServerMetadata, responses=openapi.v2_errors(), summary="v2 server metadata")
     async def v2_server(self) -> Response:
         """Server name, version and the protocol extensions it supports."""
         return JSONResponse(
@@ -471,8 +469,8 @@ class Ingress:
 
     @app.get(
         "/v2/health/live",
-        response_model=schemas.V2ServerLive,
-        responses=schemas.v2_errors(),
+        response_model=v2.V2ServerLive,
+        responses=openapi.v2_errors(),
         summary="v2 server liveness",
     )
     async def v2_live(self) -> Response:
@@ -481,8 +479,8 @@ class Ingress:
 
     @app.get(
         "/v2/health/ready",
-        response_model=schemas.V2ServerReady,
-        responses={**schemas.v2_errors(), 503: schemas.not_ready_response(schemas.V2ServerReady)},
+        response_model=v2.V2ServerReady,
+        responses={**openapi.v2_errors(), 503: openapi.not_ready_response(v2.V2ServerReady)},
         summary="v2 server readiness: every model answers",
     )
     async def v2_ready(self) -> Response:
@@ -504,13 +502,13 @@ class Ingress:
 
     @app.get(
         "/v2/models/{model}",
-        response_model=schemas.V2ModelMetadata,
+        response_model=v2.V2ModelMetadata,
         responses=V2_MODEL_RESPONSES,
         summary="v2 model metadata",
     )
     @app.get(
         "/v2/models/{model}/versions/{version}",
-        response_model=schemas.V2ModelMetadata,
+        response_model=v2.V2ModelMetadata,
         responses=V2_MODEL_RESPONSES,
         summary="v2 model metadata of a version",
     )
@@ -530,14 +528,14 @@ class Ingress:
 
     @app.get(
         "/v2/models/{model}/ready",
-        response_model=schemas.V2ModelReady,
-        responses=schemas.V2_MODEL_READY_RESPONSES,
+        response_model=v2.V2ModelReady,
+        responses=openapi.V2_MODEL_READY_RESPONSES,
         summary="v2 model readiness",
     )
     @app.get(
         "/v2/models/{model}/versions/{version}/ready",
-        response_model=schemas.V2ModelReady,
-        responses=schemas.V2_MODEL_READY_RESPONSES,
+        response_model=v2.V2ModelReady,
+        responses=openapi.V2_MODEL_READY_RESPONSES,
         summary="v2 model readiness of a version",
     )
     async def v2_model_ready(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> Response:
@@ -549,8 +547,8 @@ class Ingress:
 
     @app.get(
         "/v2/models/{model}/config",
-        response_model=schemas.V2ModelConfig,
-        responses=schemas.v2_errors(401, 403, 404, 408, 429, 503),
+        response_model=v2.V2ModelConfig,
+        responses=openapi.v2_errors(401, 403, 404, 408, 429, 503),
         summary="Triton model configuration",
     )
     async def v2_model_config(self, model: str, key: str | None = CREDENTIAL) -> Response:
@@ -575,8 +573,8 @@ class Ingress:
 
     @app.get(
         "/v2/models/{model}/stats",
-        response_model=schemas.V2ModelStats,
-        responses=schemas.v2_errors(401, 403, 404, 408, 429, 503),
+        response_model=v2.V2ModelStats,
+        responses=openapi.v2_errors(401, 403, 404, 408, 429, 503),
         summary="Triton statistics of the replica that answers",
     )
     async def v2_model_stats(self, model: str, key: str | None = CREDENTIAL) -> Response:
@@ -588,16 +586,16 @@ class Ingress:
 
     @app.post(
         "/v2/models/{model}/infer",
-        response_model=schemas.V2InferResponse,
+        response_model=v2.V2InferResponse,
         responses=V2_INFER_RESPONSES,
-        openapi_extra=schemas.V2_INFER_REQUEST_BODY,
+        openapi_extra=openapi.V2_INFER_REQUEST_BODY,
         summary="v2 inference (JSON or binary tensor data)",
     )
     @app.post(
         "/v2/models/{model}/versions/{version}/infer",
-        response_model=schemas.V2InferResponse,
+        response_model=v2.V2InferResponse,
         responses=V2_INFER_RESPONSES,
-        openapi_extra=schemas.V2_INFER_REQUEST_BODY,
+        openapi_extra=openapi.V2_INFER_REQUEST_BODY,
         summary="v2 inference on a version",
     )
     async def v2_infer(

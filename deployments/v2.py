@@ -1,4 +1,4 @@
-"""Open Inference Protocol (KServe v2 / Triton) request and response codec, with the
+"""Open Inference Protocol (KServe v2 / Triton) request and response codec and schemas, with the
 binary tensor data and classification extensions. numpy only: no torch in the ingress.
 
 Written by hand because no maintained library exposes this codec for a FastAPI app of its
@@ -29,6 +29,7 @@ from contract.v2 import (
     unpack_bytes,
 )
 from deployments.errors import BadRequest, InvalidParameters, describe_validation_error
+from deployments.schemas import DIGITS_VERSION_EXAMPLE, TensorMeta, examples
 
 __all__ = ["HEADER_LENGTH", "IMAGE_INPUT", "LABEL_INPUT", "SEED_INPUT", "TENSOR_INPUT", "VIDEO_INPUT", "datatype_of"]
 
@@ -225,3 +226,176 @@ def encode_response(
         "content-type": "application/octet-stream",
         HEADER_LENGTH: str(len(head)),
     }
+
+
+# ---- Open Inference Protocol v2 responses (the shapes KServe and Triton define) ----------
+
+
+class V2Error(BaseModel):
+    """Open Inference Protocol errors: a message only."""
+
+    model_config = examples({"error": "model 'nope' is not served; see GET /v1/models"})
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    """Server metadata, with the protocol extensions it supports."""
+
+    model_config = examples(
+        {"name": "vision-maas", "version": "0.1.0", "extensions": ["binary_tensor_data", "classification"]}
+    )
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2ServerLive(BaseModel):
+    """Server liveness."""
+
+    model_config = examples({"live": True})
+    live: bool
+
+
+class V2ServerReady(BaseModel):
+    """Server readiness: ready only when every model answers (503 otherwise)."""
+
+    model_config = examples({"ready": True})
+    ready: bool
+
+
+class V2ModelMetadata(BaseModel):
+    """A model's tensors: a request sends any ONE of its inputs."""
+
+    model_config = examples(
+        {
+            "name": "digits_cnn",
+            "versions": [DIGITS_VERSION_EXAMPLE],
+            "platform": "pytorch",
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [-1]},
+                {"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]},
+            ],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                {"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
+            ],
+        }
+    )
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMeta] = Field(description="`image`: encoded images (BYTES); `input`: preprocessed tensors.")
+    outputs: list[TensorMeta]
+
+
+class V2ModelReady(BaseModel):
+    """A model's readiness (503 while it is not ready)."""
+
+    model_config = examples({"name": "digits_cnn", "ready": True})
+    name: str
+    ready: bool
+
+
+class TritonTensorConfig(BaseModel):
+    """A tensor of Triton's model configuration; `dims` leave out the batch dimension."""
+
+    name: str
+    data_type: str
+    dims: list[int]
+
+
+class V2ModelConfig(BaseModel):
+    """Triton's model configuration, as tritonclient and perf_analyzer read it."""
+
+    model_config = examples(
+        {
+            "name": "digits_cnn",
+            "platform": "pytorch",
+            "max_batch_size": 16,
+            "input": [
+                {"name": "image", "data_type": "TYPE_STRING", "dims": [1]},
+                {"name": "input", "data_type": "TYPE_FP32", "dims": [1, 28, 28]},
+            ],
+            "output": [
+                {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]},
+                {"name": "logits", "data_type": "TYPE_FP32", "dims": [10]},
+            ],
+        }
+    )
+    name: str
+    platform: str
+    max_batch_size: int
+    input: list[TritonTensorConfig]
+    output: list[TritonTensorConfig]
+
+
+class BatchStats(BaseModel):
+    """Batches of one size executed by the replica, and their total compute time."""
+
+    batch_size: int
+    count: int
+    seconds: float
+
+
+class ModelStats(BaseModel):
+    name: str
+    version: str
+    inference_count: int = Field(description="Inputs inferred.")
+    execution_count: int = Field(description="Batches executed.")
+    batch_stats: list[BatchStats]
+
+
+class V2ModelStats(BaseModel):
+    """Triton's statistics extension, for the replica that answered."""
+
+    model_config = examples(
+        {
+            "model_stats": [
+                {
+                    "name": "digits_cnn",
+                    "version": DIGITS_VERSION_EXAMPLE,
+                    "inference_count": 40,
+                    "execution_count": 3,
+                    "batch_stats": [
+                        {"batch_size": 8, "count": 2, "seconds": 0.0121},
+                        {"batch_size": 24, "count": 1, "seconds": 0.0183},
+                    ],
+                }
+            ]
+        }
+    )
+    model_stats: list[ModelStats]
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = Field(
+        None, description="`binary_data_size` when the tensor's bytes follow the JSON (binary tensor data extension)."
+    )
+    data: list[Any] | None = Field(None, description="Row-major values; absent when sent as binary data.")
+
+
+class V2InferResponse(BaseModel):
+    """Inference outputs (JSON; with binary outputs, this JSON is the header of the body)."""
+
+    model_config = examples(
+        {
+            "model_name": "digits_cnn",
+            "model_version": DIGITS_VERSION_EXAMPLE,
+            "id": "req-1",
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [1, 10],
+                    "data": [0.001, 0.002, 0.004, 0.001, 0.003, 0.001, 0.0, 0.981, 0.004, 0.003],
+                }
+            ],
+        }
+    )
+    model_name: str
+    model_version: str
+    id: str | None = Field(None, description="The request's `id`, when it has one.")
+    outputs: list[V2OutputTensor]
