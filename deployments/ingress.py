@@ -228,6 +228,14 @@ class Ingress:
             raise TooManyRequests(f"tenant {tenant.name!r} is over its rate limit or quota", headers=decision.headers())
         return tenant, decision.headers()
 
+    async def _gate(self, model: str, key: str | None, version: str | None = None) -> tuple[ModelCard, dict[str, str]]:
+        """The first steps of every model route, in one order: the model (and version) must be
+        served, then the key must allow it (and the tenant's rate limit). Only then may a route
+        read the body, parse its parameters and call the model."""
+        card = self._v2_card(model, version)
+        _, headers = await self._authorize(key, model)
+        return card, headers
+
     # ---- plumbing -------------------------------------------------------------------
 
     def _card(self, model: str) -> ModelCard:
@@ -301,8 +309,7 @@ class Ingress:
     )
     async def predict(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Images as a raw body, multipart `image` parts or JSON `instances`; parameters in the query, form or JSON."""
-        card = self._card(model)
-        _, headers = await self._authorize(key, model)
+        card, headers = await self._gate(model, key)
         if card.task not in schemas.PARAMS_BY_TASK:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route; see its task's route")
         video = card.task == Task.VIDEO_CLASSIFICATION
@@ -326,8 +333,7 @@ class Ingress:
     )
     async def generate(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Base64 PNGs in JSON, or one PNG itself with `Accept: image/png`; the same seed gives the same images."""
-        card = self._card(model)
-        _, headers = await self._authorize(key, model)
+        card, headers = await self._gate(model, key)
         if card.task != Task.GENERATION:
             raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
         body = await inputs.json_body(request, self._limits, schemas.GenerateBody)
@@ -358,8 +364,7 @@ class Ingress:
     )
     async def explain(self, model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Images sent as to :predict; a heatmap and an overlay per image, for the top label or `target`."""
-        card = self._card(model)
-        _, headers = await self._authorize(key, model)
+        card, headers = await self._gate(model, key)
         if not card.explainable:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :explain route; classifiers do")
         images, raw_params = await inputs.images_and_params(request, self._limits)
@@ -408,8 +413,7 @@ class Ingress:
     )
     async def get_model(self, model: str, key: str | None = CREDENTIAL) -> Response:
         """The model's catalogue entry, read live from a replica."""
-        self._card(model)
-        _, headers = await self._authorize(key, model)
+        _, headers = await self._gate(model, key)
         return JSONResponse(await self._call(model, "metadata"), headers=headers)
 
     @app.get(
@@ -514,8 +518,7 @@ class Ingress:
     )
     async def v2_model(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> Response:
         """The model's versions and tensors: a request sends any one of its inputs."""
-        card = self._v2_card(model, version)
-        await self._authorize(key, model)
+        card, _ = await self._gate(model, key, version)
         return JSONResponse(
             {
                 "name": card.name,
@@ -540,8 +543,7 @@ class Ingress:
     )
     async def v2_model_ready(self, model: str, version: str | None = None, key: str | None = CREDENTIAL) -> Response:
         """Ready when the model answers within 5 s; 503 with `ready: false` otherwise."""
-        card = self._v2_card(model, version)
-        await self._authorize(key, model)
+        card, _ = await self._gate(model, key, version)
         ready = await self._model_ready(card.name)
         return JSONResponse({"name": card.name, "ready": ready}, status_code=200 if ready else 503)
 
@@ -553,8 +555,7 @@ class Ingress:
     )
     async def v2_model_config(self, model: str, key: str | None = CREDENTIAL) -> Response:
         """Triton's model configuration (batch size read live from a replica), for tritonclient and perf_analyzer."""
-        card = self._card(model)
-        await self._authorize(key, model)
+        card, _ = await self._gate(model, key)
         meta = await self._call(model, "metadata")
         return JSONResponse(
             {
@@ -579,8 +580,7 @@ class Ingress:
     )
     async def v2_model_stats(self, model: str, key: str | None = CREDENTIAL) -> Response:
         """Inputs and batches executed by the replica that answers, by batch size."""
-        card = self._card(model)
-        await self._authorize(key, model)
+        card, _ = await self._gate(model, key)
         stats = await self._call(model, "stats")
         return JSONResponse({"model_stats": [{"name": card.name, "version": card.version, **stats}]})
 
@@ -602,8 +602,7 @@ class Ingress:
         self, model: str, request: Request, version: str | None = None, key: str | None = CREDENTIAL
     ) -> Response:
         """Inputs as JSON tensors or binary tensor data; outputs likewise, or top-k `classification` strings."""
-        card = self._v2_card(model, version)
-        _, auth_headers = await self._authorize(key, model)
+        card, auth_headers = await self._gate(model, key, version)
         body = await inputs.read_body(request, self._limits.max_body_bytes)
         infer_request, binary = v2.split_body(body, request.headers.get(v2.HEADER_LENGTH))
         tensors = v2.decode_inputs(infer_request, binary)
