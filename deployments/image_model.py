@@ -181,6 +181,14 @@ class ImageModel:
             return torch.zeros(spec.input_shape), [{"image_size": [width, height]}]
         return tensors[0], contexts
 
+    def check_health(self) -> None:
+        """Raise if the replica can no longer serve (Serve then replaces it)."""
+        # A gauge recorded once, while the replica starts, can be missing from the node's export
+        # (seen on a busy CI node); the periodic health check records it again so it is always there.
+        self._metrics.load_seconds.set(self._load_seconds)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         loop = asyncio.get_running_loop()

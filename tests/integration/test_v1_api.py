@@ -125,7 +125,7 @@ def test_list_models_describes_every_served_model(client: httpx.Client) -> None:
     assert models["moving_digits_lstm"]["input"]["shape"] == [16, 1, 48, 48]
     assert digits["labels"] == [str(d) for d in range(10)]
     assert digits["weights"]["source"] == "bundled"
-    assert digits["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}
+    assert digits["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "warmup": True}
     assert models["resnet18"]["weights"]["source"] == "random"
     assert len(models["resnet18"]["labels"]) == 1000
 

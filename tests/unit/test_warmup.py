@@ -68,3 +68,11 @@ def test_warmup_can_be_turned_off_in_the_user_config(forwards: list[int]) -> Non
     forwards.clear()
     built.reconfigure({"max_batch_size": 32, "warmup": False})
     assert forwards == []
+
+
+def test_the_replica_answers_serves_health_check_without_running_the_model(forwards: list[int]) -> None:
+    # Serve calls check_health every health_check_period_s; it also records the load-time gauge
+    # again, which Ray would otherwise evict from the node's export.
+    built = replica("digits_cnn")
+    built.check_health()
+    assert built.stats()["execution_count"] == 0
