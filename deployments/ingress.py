@@ -1,6 +1,8 @@
-"""The HTTP ingress: routes, request parsing and limits, protocol mapping. No torch here."""
+"""The HTTP ingress: routes, request parsing and limits, protocol mapping. No torch here.
 
-from __future__ import annotations
+No `from __future__ import annotations`: Serve freezes the app with cloudpickle, which keeps only
+the globals the code names, and FastAPI resolves string annotations in the replica against those
+(`request: Request` became a required query parameter once no route body named `Request`)."""
 
 import asyncio
 import base64

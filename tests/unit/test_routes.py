@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ray import serve
+from ray import cloudpickle, serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
@@ -27,6 +27,10 @@ from deployments.schemas import ModelCard
 
 # The class Serve wraps with its ASGI replica machinery; its methods are the routes.
 IngressClass: Any = Ingress.func_or_class.__mro__[1]  # type: ignore[attr-defined]
+# The app as a replica gets it: `serve.ingress` freezes it through cloudpickle, which keeps only
+# the module globals the pickled code names, so a route whose annotation names a class no code
+# uses breaks there (FastAPI then reads `request: Request` as a query parameter) and not here.
+SERVED_APP = cloudpickle.loads(cloudpickle.dumps(app))
 KEY, OTHER_KEY = "vmk_" + "a" * 43, "vmk_" + "b" * 43
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 
@@ -139,7 +143,7 @@ def routes(
 
     def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=app)
+            transport = httpx.ASGITransport(app=SERVED_APP)
             async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
                 return await client.request(method, path, **kwargs)
 
