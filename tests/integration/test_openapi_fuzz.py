@@ -23,7 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from deployments.ingress import app
+from deployments.rest.app import reference_app
 
 MODEL = "digits_cnn"
 # Operations only another task answers: a classifier's :generate stops at route_not_supported.
@@ -31,9 +31,11 @@ MODEL_FOR = {"/v1/models/{model}:generate": "digits_dcgan"}
 MAX_EXAMPLES = 25
 CHECKS = [not_a_server_error, response_schema_conformance]
 
-# The operations of the document the app serves, known before the cluster starts (the app
-# object is the one Serve runs); test_live_document_has_these_operations holds them equal.
-OPERATIONS = sorted((method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item)
+# The operations of the document the app serves, known before the cluster starts (the same
+# factory builds it); test_live_document_has_these_operations holds them equal.
+OPERATIONS = sorted(
+    (method.upper(), path) for path, item in reference_app().openapi()["paths"].items() for method in item
+)
 
 CONFIG = schemathesis.Config.from_dict({"request-timeout": 60})
 

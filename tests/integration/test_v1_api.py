@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import ExifTags, Image
 
-from deployments.ingress import app
+from deployments.rest.app import reference_app
 from models.images import decode_image
 from models.registry import get_spec
 from tests.conftest import encode
@@ -162,8 +162,8 @@ def test_openapi_document_lists_every_route(client: httpx.Client) -> None:
 
 
 def test_served_openapi_document_is_the_one_checked_without_a_server(client: httpx.Client) -> None:
-    # tests/unit/test_openapi.py audits app.openapi(); Serve must serve that document unchanged.
-    assert client.get("/openapi.json").json() == app.openapi()
+    # tests/unit/test_openapi.py audits reference_app().openapi(); Serve must serve that document unchanged.
+    assert client.get("/openapi.json").json() == reference_app().openapi()
 
 
 # ---- errors: one JSON shape, exact statuses ---------------------------------------------

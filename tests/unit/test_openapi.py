@@ -16,9 +16,9 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from deployments.ingress import app
+from deployments.rest.app import reference_app
 
-DOCUMENT: dict[str, Any] = app.openapi()
+DOCUMENT: dict[str, Any] = reference_app().openapi()
 OPERATIONS = sorted((method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item)
 IDS = [f"{method} {path}" for method, path in OPERATIONS]
 ERROR_BODY = "#/components/schemas/ErrorBody"
@@ -152,5 +152,5 @@ def test_the_server_and_the_chart_state_the_packages_own_version() -> None:
     repo = Path(__file__).resolve().parents[2]
     version = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
     chart = yaml.safe_load((repo / "k8s/helm/vision-maas/Chart.yaml").read_text())
-    assert app.version == version
+    assert reference_app().version == version
     assert chart["appVersion"] == version

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from ray import cloudpickle, serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
@@ -22,15 +21,11 @@ from contract.errors import ERROR_CODE_HEADER
 from deployments.args import AuthArgs, LimitsArgs
 from deployments.auth import Decision, hash_key
 from deployments.errors import InvalidImage
-from deployments.ingress import Ingress, app
+from deployments.gateway import Gateway
+from deployments.ingress import Ingress
+from deployments.rest.app import create_app
 from deployments.schemas import ModelCard
 
-# The class Serve wraps with its ASGI replica machinery; its methods are the routes.
-IngressClass: Any = Ingress.func_or_class.__mro__[1]  # type: ignore[attr-defined]
-# The app as a replica gets it: `serve.ingress` freezes it through cloudpickle, which keeps only
-# the module globals the pickled code names, so a route whose annotation names a class no code
-# uses breaks there (FastAPI then reads `request: Request` as a query parameter) and not here.
-SERVED_APP = cloudpickle.loads(cloudpickle.dumps(app))
 KEY, OTHER_KEY = "vmk_" + "a" * 43, "vmk_" + "b" * 43
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 
@@ -113,7 +108,6 @@ Call = Callable[..., httpx.Response]
 
 
 def routes(
-    monkeypatch: pytest.MonkeyPatch,
     stub: StubModel,
     tmp_path: Path | None = None,
     limits: LimitsArgs | None = None,
@@ -137,13 +131,12 @@ def routes(
         auth = AuthArgs(enabled=True, keys_file=str(tmp_path / "keys.json"))
     models = {"digits_cnn": stub, "digits_dcgan": stub}
     cards = {"digits_cnn": card("digits_cnn", "classification"), "digits_dcgan": card("digits_dcgan", "generation")}
-    ingress = IngressClass(models, cards, limits or LimitsArgs(), auth, Limiter() if limited else None)
-    # Serve's class-based routes find their instance through the replica context.
-    monkeypatch.setattr(serve, "get_replica_context", lambda: types.SimpleNamespace(servable_object=ingress))
+    gateway = Gateway(models, cards, limits or LimitsArgs(), auth, Limiter() if limited else None)  # type: ignore[arg-type]
+    app = create_app(gateway)  # as each ingress replica builds it over itself
 
     def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=SERVED_APP)
+            transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
                 return await client.request(method, path, **kwargs)
 
@@ -158,8 +151,18 @@ def stub() -> StubModel:
 
 
 @pytest.fixture
-def call(monkeypatch: pytest.MonkeyPatch, stub: StubModel) -> Call:
-    return routes(monkeypatch, stub)
+def call(stub: StubModel) -> Call:
+    return routes(stub)
+
+
+def test_each_ingress_replica_builds_this_app_over_itself(stub: StubModel) -> None:
+    """The Serve deployment is the gateway; the app it builds is create_app's, over that replica."""
+    replica_class: Any = Ingress.func_or_class  # type: ignore[attr-defined]
+    assert issubclass(replica_class, Gateway)
+    replica = object.__new__(replica_class)
+    Gateway.__init__(replica, {"digits_cnn": stub}, {"digits_cnn": card("digits_cnn", "classification")}, LimitsArgs(), AuthArgs(enabled=False), None)  # type: ignore[arg-type]  # fmt: skip
+    app = replica_class.__serve_build_asgi_app__(replica)
+    assert app.openapi() == create_app(Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None)).openapi()
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
@@ -203,7 +206,7 @@ def test_a_failing_model_maps_to_its_status_and_code(
 
 
 def test_a_model_that_does_not_answer_in_time_is_408(monkeypatch: pytest.MonkeyPatch, stub: StubModel) -> None:
-    call = routes(monkeypatch, stub, limits=LimitsArgs(request_timeout_s=0.05))
+    call = routes(stub, limits=LimitsArgs(request_timeout_s=0.05))
     stub.stall_s = 5.0
     assert_error(call("POST", PREDICT, content=PNG, headers={"Content-Type": "image/png"}), 408, "timeout")
     assert stub.cancelled == 1  # the model's queued work is cancelled, not left to run
@@ -227,7 +230,7 @@ def test_unknown_models_and_routes_are_404_with_their_code(
 
 
 def test_request_errors_are_4xx_with_their_code(monkeypatch: pytest.MonkeyPatch, stub: StubModel) -> None:
-    call = routes(monkeypatch, stub, limits=LimitsArgs(max_body_bytes=4096, max_images_per_request=2))
+    call = routes(stub, limits=LimitsArgs(max_body_bytes=4096, max_images_per_request=2))
     png = {"Content-Type": "image/png"}
     assert_error(call("POST", PREDICT, content=b"", headers=png), 400, "bad_request")
     assert_error(call("POST", PREDICT, content=b"x" * 5000, headers=png), 413, "payload_too_large")
@@ -251,7 +254,7 @@ def test_request_errors_are_4xx_with_their_code(monkeypatch: pytest.MonkeyPatch,
 def test_credentials_come_first_and_are_checked_per_model(
     monkeypatch: pytest.MonkeyPatch, stub: StubModel, tmp_path: Path
 ) -> None:
-    call = routes(monkeypatch, stub, tmp_path)
+    call = routes(stub, tmp_path)
     # No key: 401 before the body is looked at, even one over the body limit.
     oversized = {"Content-Type": "image/png", "Content-Length": str(64 << 20)}
     for path in (PREDICT, "/v1/models/digits_dcgan:generate", "/v1/images:annotate", "/v2/models/digits_cnn/infer"):
@@ -273,7 +276,7 @@ def test_credentials_come_first_and_are_checked_per_model(
 def test_a_tenant_over_its_rate_limit_is_429_with_retry_after(
     monkeypatch: pytest.MonkeyPatch, stub: StubModel, tmp_path: Path
 ) -> None:
-    call = routes(monkeypatch, stub, tmp_path, limited=True)
+    call = routes(stub, tmp_path, limited=True)
     response = call("POST", PREDICT, content=PNG, headers={"Content-Type": "image/png", "X-API-Key": KEY})
     assert_error(response, 429, "rate_limited")
     assert response.headers["Retry-After"]

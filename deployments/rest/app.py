@@ -1,0 +1,164 @@
+"""The app factory: one FastAPI app over a gateway, with the access log and metrics middleware,
+the error handlers (every error in the API's JSON shape, with its code), the docs, the
+playground, the service routes and the v1 and v2 routes.
+
+The Serve ingress deployment builds one per replica (`__serve_build_asgi_app__`); tests build one
+over a gateway of stub models; `reference_app()` is the app over no models, whose OpenAPI
+document is the served one."""
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contract.errors import error_payload
+from deployments import openapi, schemas, telemetry
+from deployments.args import AuthArgs, LimitsArgs
+from deployments.errors import InvalidParameters, ServingError, Unavailable
+from deployments.gateway import Gateway
+from deployments.rest import v1, v2
+from deployments.rest.common import CREDENTIAL, SERVER_NAME, SERVER_VERSION
+
+RETRY_AFTER_S = "1"
+# The web playground: static files shipped in the package (no CDN: it must work offline).
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+
+LANDING_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>vision-maas</title></head>
+<body><h1>vision-maas</h1><p>Image models as a service.</p>
+<ul><li><a href="/ui/">Playground</a></li><li><a href="/docs">API documentation</a></li>
+<li><a href="/v1/models">Models</a></li><li><a href="/metrics">Metrics</a></li></ul></body></html>
+"""
+
+
+def _error_response(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body, coded = error_payload(request.url.path, code, message)
+    request.state.error_code = code  # for the request's metrics and access log
+    headers = dict(headers or {}) | coded
+    if status in (429, 503):
+        headers.setdefault("Retry-After", RETRY_AFTER_S)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Metrics and one structured access-log line for every request (the id comes from Serve)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    code: str | None = getattr(request.state, "error_code", None)
+    route = request.scope.get("route")
+    # Label by route template and served model only: raw paths and unknown names would let
+    # any client create unbounded metric series.
+    template = getattr(route, "path", "unmatched")
+    model = request.scope.get("path_params", {}).get("model", "")
+    if code in ("model_not_found", "not_found"):
+        model = "unknown"
+    status = response.status_code
+    reason = code if 400 <= status < 500 and code not in (None, "unauthorized", "forbidden", "rate_limited") else None
+    telemetry.ingress_metrics().record(model, template, status, latency_ms, reason)
+    telemetry.access_log(
+        method=request.method,
+        path=template,
+        model=model,
+        status=status,
+        latency_ms=round(latency_ms, 2),
+        error=code,
+    )
+    return response
+
+
+async def _serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return _error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return _error_response(request, 422, InvalidParameters.code, f"{where}: {first.get('msg')}")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error_response(request, exc.status_code, code, str(exc.detail))
+
+
+def _service_routes(app: FastAPI, gateway: Gateway) -> None:
+    """The landing page, this node's metrics and the ingress's liveness."""
+
+    @app.get(
+        "/",
+        response_class=Response,  # as /metrics: errors are JSON, whatever this route's own media type
+        responses={
+            **openapi.errors(),
+            200: {
+                "description": "HTML",
+                "content": {"text/html": {"schema": {"type": "string"}, "example": LANDING_PAGE}},
+            },
+        },
+        summary="Landing page: links to the playground, docs and catalogue",
+    )
+    async def index() -> HTMLResponse:
+        """An HTML page linking the playground (/ui/), these docs, the catalogue and the metrics."""
+        return HTMLResponse(LANDING_PAGE)
+
+    @app.get(
+        "/metrics",
+        # Plain Response: with PlainTextResponse, FastAPI would document the JSON errors as text/plain.
+        response_class=Response,
+        responses={**openapi.errors(401, 429, 503), 200: openapi.METRICS_RESPONSE},
+        summary="Prometheus metrics of this node (Ray, Serve and vision-maas series)",
+    )
+    async def metrics(key: str | None = CREDENTIAL) -> Response:
+        """The Prometheus text format, as scraped from this node's metrics agent."""
+        # On a cluster, Prometheus scrapes every node's metrics port; this route shows the
+        # ingress's own node, which is every process when running on one machine.
+        _, headers = await gateway.authorize(key, None)
+        url = await gateway.metrics_url()
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                scraped = await http.get(url)
+        except httpx.HTTPError:
+            raise Unavailable("the node's metrics agent is not answering; retry later") from None
+        content_type = scraped.headers.get("content-type", "text/plain; version=0.0.4")
+        return Response(scraped.content, media_type=content_type, headers=headers)
+
+    @app.get(
+        "/healthz", response_model=schemas.HealthStatus, responses=openapi.errors(), summary="Liveness of the ingress"
+    )
+    async def healthz() -> Response:
+        """Answers while the ingress runs, whatever the models' state (Kubernetes' liveness probe)."""
+        return JSONResponse({"status": "ok"})
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The whole HTTP API over `gateway`."""
+    app = FastAPI(
+        title=SERVER_NAME,
+        version=SERVER_VERSION,
+        summary="Image models as a service: classification over HTTP, KServe v1-style and Open Inference Protocol v2.",
+    )
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")
+    app.middleware("http")(_observe)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(v1.router(gateway))
+    _service_routes(app, gateway)
+    app.include_router(v2.router(gateway))
+    return app
+
+
+def reference_app() -> FastAPI:
+    """The app over no models: the served routes and OpenAPI document, without Ray."""
+    return create_app(Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None))
