@@ -14,9 +14,10 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from contract.params import PARAMS_BY_TASK
 from models.backends import apply_backend
 from models.images import decode_image
-from models.registry import ModelSpec, get_spec
+from models.registry import Item, ModelSpec, get_spec
 
 # The benchmark models: torchvision's with random weights (the same compute as pretrained),
 # and the bundled digits classifier with its trained weights.
@@ -39,6 +40,7 @@ class Pipeline:
         # "server": vision-maas' own hardened decode (limits, EXIF rotation); "pil": what a
         # hand-written server does, Image.open(...).convert(mode).
         self.decoder = decoder
+        self.params = PARAMS_BY_TASK[self.spec.task]()
 
     def decode(self, data: bytes) -> Image.Image:
         """Image bytes -> a decoded image in the model's mode."""
@@ -46,16 +48,17 @@ class Pipeline:
             return decode_image(data, self.spec.image_mode)
         return Image.open(io.BytesIO(data)).convert(self.spec.image_mode)
 
-    def prepare(self, data: bytes) -> tuple[torch.Tensor, dict[str, Any]]:
-        """One image's model input and its context for postprocess."""
+    def prepare(self, data: bytes) -> tuple[torch.Tensor, Item[Any]]:
+        """One image's model input, and its parameters (the task's defaults) and size for postprocess."""
         img = self.decode(data)
-        return self.spec.preprocess(img), {"image_size": [img.width, img.height]}
+        return self.spec.preprocess(img), Item(self.params, (img.width, img.height))
 
-    def run(self, prepared: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> list[dict[str, Any]]:
+    def run(self, prepared: Sequence[tuple[torch.Tensor, Item[Any]]]) -> list[dict[str, Any]]:
         """One batched forward pass and postprocess: one JSON-able result per input."""
         with torch.inference_mode():
             outputs = self.spec.forward(self.module, [tensor for tensor, _ in prepared])
-        return self.spec.postprocess(outputs, [context for _, context in prepared])
+        answers = self.spec.postprocess(outputs, [item for _, item in prepared])
+        return [answer.model_dump(mode="json", exclude_none=True) for answer in answers]
 
     def __call__(self, images: Sequence[bytes]) -> list[dict[str, Any]]:
         """The whole pipeline on a batch of encoded images."""

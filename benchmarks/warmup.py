@@ -29,6 +29,7 @@ import psutil
 from benchmarks.images import SIZES, jpeg_images
 from benchmarks.pipeline import MODELS, weights_for
 from benchmarks.servers import Running, Server, free_ports, serve_command, vision_maas_config, write_config
+from contract.params import ClassificationParams
 from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
 from deployments.image_model import ImageModel
 from deployments.ray_env import THROUGHPUT_ENV, host_ports_of_its_own
@@ -118,7 +119,7 @@ def measure_replica(model: str, image: bytes, requests: int, warm: bool) -> dict
         times = []
         for _ in range(requests + 1):
             started = time.perf_counter()
-            await built.predict([image], {})
+            await built.predict([image], ClassificationParams())
             times.append((time.perf_counter() - started) * 1000.0)
         return times
 

@@ -1,12 +1,13 @@
-"""Each task's request parameters, their defaults and bounds written once: the ingress validates
-requests with them (so they make the OpenAPI document) and the model families read them."""
+"""Each task's request parameters, their defaults and bounds written once: the API validates a
+request's parameters with them (so they make the OpenAPI document), once, and the model families
+receive the validated object (models.registry.Item) and check nothing again."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.tasks import Task
 
@@ -54,6 +55,25 @@ class DenoisingParams(_Strict):
     return_latent: bool = Field(False, description="Also return the autoencoder's code vector.")
 
 
+class ExplainParams(_Strict):
+    """Parameters of :explain."""
+
+    target: str | None = Field(None, description="Label to explain; the top-1 label when omitted.")
+    target_index: int | None = Field(None, ge=0, description="Class index to explain (instead of `target`).")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Heatmap opacity in the overlay.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ExplainParams:
+        if self.target is not None and self.target_index is not None:
+            raise ValueError("give target or target_index, not both")
+        return self
+
+    @property
+    def wanted(self) -> int | str | None:
+        """The class asked for: its index, its label, or None for the top-1 class."""
+        return self.target_index if self.target_index is not None else self.target
+
+
 # Keyed by the task's name (Task is a str), as model cards and requests carry it.
 PARAMS_BY_TASK: dict[str, type[BaseModel]] = {
     Task.CLASSIFICATION: ClassificationParams,
@@ -62,17 +82,3 @@ PARAMS_BY_TASK: dict[str, type[BaseModel]] = {
     Task.SEGMENTATION: SegmentationParams,
     Task.DENOISING: DenoisingParams,
 }
-
-ParamsT = TypeVar("ParamsT", bound=BaseModel)
-
-
-def task_params(kind: type[ParamsT], values: Mapping[str, Any]) -> ParamsT:
-    """`kind`'s parameters out of `values`, which may also hold other keys (an image's context).
-
-    A bad value raises ValueError naming the parameter, as the API reports it.
-    """
-    try:
-        return kind.model_validate({k: v for k, v in values.items() if k in kind.model_fields})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None

@@ -17,6 +17,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from contract.answers import PredictResponse
 from contract.tasks import IMAGE_TASKS
 from deployments import inputs, schemas
 from deployments.args import AuthArgs, LimitsArgs
@@ -192,7 +193,8 @@ class Gateway:
                 raise RouteNotSupported(f"model {feature.model!r} ({card.task}) does not annotate still images")
             params = inputs.validate(schemas.PARAMS_BY_TASK[card.task], feature.parameters)
             # The ObjectRef is a top-level argument, so Ray hands the replica the array itself.
-            result = await self.call(feature.model, "predict_decoded", image, params.model_dump())
+            result: PredictResponse = await self.call(feature.model, "predict_decoded", image, params)
         except ServingError as exc:
             return {"model": feature.model, "error": {"code": exc.code, "message": exc.message}}
-        return {"model": feature.model, "model_version": result["model_version"], "result": result["predictions"][0]}
+        prediction = result.predictions[0].model_dump(mode="json", exclude_none=True)
+        return {"model": feature.model, "model_version": result.model_version, "result": prediction}

@@ -19,9 +19,11 @@ import numpy as np
 import ray
 import torch
 from PIL import Image
+from pydantic import BaseModel
 from ray import serve
 
-from contract.params import MAX_SEED
+from contract.answers import ExplainResponse, GenerateResponse, PredictResponse
+from contract.params import MAX_SEED, PARAMS_BY_TASK, ExplainParams
 from contract.tasks import IMAGE_TASKS
 from deployments import v2
 from deployments.args import ArtifactsArgs, BatchConfig, LimitsArgs, ModelArgs
@@ -31,7 +33,7 @@ from deployments.errors import InvalidParameters, ServingError
 from deployments.telemetry import ModelMetrics
 from models.backends import apply_backend
 from models.images import ImageError, ImageLimits, decode_image, original_size
-from models.registry import ModelSpec, Task, get_spec
+from models.registry import Item, ModelSpec, Task, get_spec
 from models.video_io import VideoLimits, decode_clip, decode_frames
 
 _Prepared = TypeVar("_Prepared")
@@ -151,35 +153,36 @@ class ImageModel:
         if not self._batch.warmup or not sizes:
             return
         started = time.perf_counter()
-        example, contexts = self._warm_input()
+        example, originals = self._warm_input()
         for size in sorted(sizes):
             outputs = self._forward([example] * size)
             self._warmed.add(size)
-        self._postprocess(outputs[:1], contexts, {})
+        task_params = PARAMS_BY_TASK.get(self._spec.task)
+        self._postprocess(outputs[:1], originals, task_params() if task_params is not None else None)
         elapsed = time.perf_counter() - started
         self._warmup_seconds += elapsed
         logger.info("model %s warmed up at batch sizes %s in %.2fs", self._spec.name, sorted(sizes), elapsed)
 
-    def _warm_input(self) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """One input made as a request's is, and its context: a noise picture of the model's input
+    def _warm_input(self) -> tuple[torch.Tensor, list[tuple[int, int] | None]]:
+        """One input made as a request's is, and its original's size: a noise picture of the model's input
         size, JPEG-encoded, through the decoder and the model's own preprocess (a clip of it for
         video models), or a latent for generators."""
         spec = self._spec
         if spec.task == Task.GENERATION:
-            return self._sample(1, 0, {})[0], [{}]
+            return self._sample(1, 0, {})[0], [None]
         height, width = spec.input_size
         pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
         try:
             if spec.task == Task.VIDEO_CLASSIFICATION:
-                tensors, contexts = self._prepare_clips([[buffer.getvalue()] * max(spec.clip_length, 2)])
+                tensors, originals = self._prepare_clips([[buffer.getvalue()] * max(spec.clip_length, 2)])
             else:
-                tensors, contexts = self._prepare([buffer.getvalue()])
+                tensors, originals = self._prepare([buffer.getvalue()])
         except (ServingError, ImageError):
             # Not a picture this model takes (a size or mode it refuses): the forward alone, then.
-            return torch.zeros(spec.input_shape), [{"image_size": [width, height]}]
-        return tensors[0], contexts
+            return torch.zeros(spec.input_shape), [(width, height)]
+        return tensors[0], list(originals)
 
     def check_health(self) -> None:
         """Raise if the replica can no longer serve (Serve then replaces it)."""
@@ -266,13 +269,13 @@ class ImageModel:
                 raise type(exc)(f"image {index}: {exc}") from None
         return decoded
 
-    def _prepare(self, images: Sequence[bytes | np.ndarray]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-        """Preprocessed tensors and each image's context (its original size) for postprocess."""
+    def _prepare(self, images: Sequence[bytes | np.ndarray]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """Preprocessed tensors and each image's original (width, height), for postprocess."""
         # Only the preprocess sees these pixels, so a JPEG may decode at a reduced scale; explain
         # and the other tasks draw on the original image and decode it whole.
         decoded = self._decode_all(images, self._spec.decode_min_side)
         tensors = [self._preprocess(self._spec.preprocess, image) for image in decoded]
-        return tensors, [{"image_size": list(original_size(image))} for image in decoded]
+        return tensors, [original_size(image) for image in decoded]
 
     @staticmethod
     def _preprocess(function: Any, value: Any) -> torch.Tensor:
@@ -282,7 +285,7 @@ class ImageModel:
             raise InvalidParameters(str(exc)) from None
         return tensor
 
-    def _prepare_clips(self, clips: Sequence[bytes | list[bytes]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    def _prepare_clips(self, clips: Sequence[bytes | list[bytes]]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         """Video: each clip (an encoded video, or its still frames in order) -> one tensor."""
         preprocess_clip = self._spec.preprocess_clip
         if preprocess_clip is None:
@@ -304,9 +307,7 @@ class ImageModel:
                 raise type(exc)(f"clip {index}: {exc}") from None
             decoded.append(frames)
         tensors = [self._preprocess(preprocess_clip, frames) for frames in decoded]
-        return tensors, [
-            {"image_size": [frames[0].width, frames[0].height], "frames": len(frames)} for frames in decoded
-        ]
+        return tensors, [(frames[0].width, frames[0].height) for frames in decoded]
 
     async def _forward_each(self, tensors: Sequence[torch.Tensor], facts: dict[str, Any]) -> list[Any]:
         # Every item enters the batch queue on its own, so one request's items and other
@@ -332,14 +333,16 @@ class ImageModel:
         return prepared
 
     def _postprocess(
-        self, outputs: Sequence[Any], contexts: Sequence[dict[str, Any]], parameters: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+        self, outputs: Sequence[Any], originals: Sequence[tuple[int, int] | None], params: BaseModel | None
+    ) -> list[Any]:
+        """The task's answer per item; `params` are the task's, validated by the API (or None)."""
         try:
-            return self._spec.postprocess(outputs, [{**parameters, **context} for context in contexts])
+            return list(self._spec.postprocess(outputs, [Item(params, size) for size in originals]))
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from None
 
     def _envelope(self) -> dict[str, Any]:
+        """The fields every answer starts with: which model and weights answered."""
         weights = self._spec.weights
         envelope: dict[str, Any] = {
             "model": self._spec.name,
@@ -350,26 +353,27 @@ class ImageModel:
             envelope["warning"] = "random weights: predictions are meaningless (load testing only)"
         return envelope
 
-    async def predict(self, images: list[bytes | np.ndarray], parameters: dict[str, Any]) -> dict[str, Any]:
-        """Task-shaped JSON for each image (encoded, or decoded upstream as uint8 arrays), in order."""
+    async def predict(self, images: list[bytes | np.ndarray], params: BaseModel) -> PredictResponse:
+        """The task's answer for each image (encoded, or decoded upstream as uint8 arrays), in order;
+        `params` is the task's parameters model (contract.params), already validated."""
         self._require(*IMAGE_TASKS)
         with self._request("predict", len(images)) as facts:
             # Bad input fails here, before batching, alone.
-            tensors, contexts = self._timed_prepare(facts, lambda: self._prepare(images))
+            tensors, originals = self._timed_prepare(facts, lambda: self._prepare(images))
             outputs = await self._forward_each(tensors, facts)
-            return {**self._envelope(), "predictions": self._postprocess(outputs, contexts, parameters)}
+            return PredictResponse(**self._envelope(), predictions=self._postprocess(outputs, originals, params))
 
-    async def predict_decoded(self, image: np.ndarray, parameters: dict[str, Any]) -> dict[str, Any]:
+    async def predict_decoded(self, image: np.ndarray, params: BaseModel) -> PredictResponse:
         """:predict on one image decoded upstream (annotate): a uint8 array, shared through the object store."""
-        return await self.predict([image], parameters)
+        return await self.predict([image], params)
 
-    async def predict_clips(self, clips: list[bytes | list[bytes]], parameters: dict[str, Any]) -> dict[str, Any]:
+    async def predict_clips(self, clips: list[bytes | list[bytes]], params: BaseModel) -> PredictResponse:
         """Video classification of each clip: an encoded video, or its still frames in order."""
         self._require(Task.VIDEO_CLASSIFICATION)
         with self._request("predict_clips", len(clips)) as facts:
-            tensors, contexts = self._timed_prepare(facts, lambda: self._prepare_clips(clips))
+            tensors, originals = self._timed_prepare(facts, lambda: self._prepare_clips(clips))
             outputs = await self._forward_each(tensors, facts)
-            return {**self._envelope(), "predictions": self._postprocess(outputs, contexts, parameters)}
+            return PredictResponse(**self._envelope(), predictions=self._postprocess(outputs, originals, params))
 
     def _sample(self, num_images: int, seed: int, parameters: dict[str, Any]) -> list[torch.Tensor]:
         if self._spec.sample is None:
@@ -379,40 +383,32 @@ class ImageModel:
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from None
 
-    async def generate(self, num_images: int, seed: int | None, parameters: dict[str, Any]) -> dict[str, Any]:
+    async def generate(self, num_images: int, seed: int | None, parameters: dict[str, Any]) -> GenerateResponse:
         """`num_images` generated images; the same seed and parameters give the same images."""
         self._require(Task.GENERATION)
         seed = secrets.randbelow(MAX_SEED) if seed is None else seed
         with self._request("generate", num_images) as facts:
             inputs = self._timed_prepare(facts, lambda: self._sample(num_images, seed, parameters))
             outputs = await self._forward_each(inputs, facts)
-            images = self._postprocess(outputs, [{} for _ in outputs], parameters)
-            return {**self._envelope(), "seed": seed, "images": images}
+            images = self._postprocess(outputs, [None] * len(outputs), None)
+            return GenerateResponse(**self._envelope(), seed=seed, images=images)
 
-    async def explain(self, images: list[bytes], parameters: dict[str, Any]) -> dict[str, Any]:
+    async def explain(self, images: list[bytes], params: ExplainParams) -> ExplainResponse:
         """An explanation map (Grad-CAM or attention rollout) of the classifier's decision per image."""
         if not self._spec.explainable:
             raise InvalidParameters(f"model {self._spec.name!r} ({self._spec.task.value}) has no explanation maps")
         with self._request("explain", len(images)) as facts:
             decoded = self._timed_prepare(facts, lambda: self._decode_all(images))
-            return {**self._envelope(), "explanations": await self._explain_each(decoded, parameters)}
+            return ExplainResponse(**self._envelope(), explanations=await self._explain_each(decoded, params))
 
-    async def _explain_each(self, decoded: list[Image.Image], parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _explain_each(self, decoded: list[Image.Image], params: ExplainParams) -> list[Any]:
         from models.explain import ExplanationError, explain_image  # only replicas that explain import it
 
         loop = asyncio.get_running_loop()
         explanations = []
         for image in decoded:
             # On the forward thread: explanations and batches never use the module at the same time.
-            call = functools.partial(
-                explain_image,
-                self._spec,
-                self._eager,
-                image,
-                target=parameters.get("target"),
-                alpha=parameters.get("alpha", 0.5),
-                device=self._device,
-            )
+            call = functools.partial(explain_image, self._spec, self._eager, image, params, device=self._device)
             try:
                 explanations.append(await loop.run_in_executor(self._executor, call))
             except (ValueError, ExplanationError) as exc:

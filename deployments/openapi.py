@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from contract.answers import PNG_B64_EXAMPLE
 from contract.errors import ERROR_CODE_HEADER
-from deployments.schemas import PARAMS_BY_TASK, PNG_B64_EXAMPLE, ErrorBody, ExplainParams, PredictBody, inline_schema
+from deployments.schemas import PARAMS_BY_TASK, ErrorBody, ExplainParams, PredictBody, inline_schema
 from deployments.v2 import InferRequest, V2Error, V2ModelReady
 
 # ---- OpenAPI pieces the routes declare -------------------------------------------------

@@ -8,31 +8,30 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.answers import DIGITS_VERSION_EXAMPLE, PNG_B64_EXAMPLE, examples
 from contract.params import (
     MAX_SEED,
     PARAMS_BY_TASK,
     ClassificationParams,
     DenoisingParams,
     DetectionParams,
+    ExplainParams,
     SegmentationParams,
 )
 
-# Re-exported: the routes and the OpenAPI helpers below take the task parameters from here.
-__all__ = ["PARAMS_BY_TASK", "ClassificationParams", "DenoisingParams", "DetectionParams", "SegmentationParams"]
+# Re-exported: the routes and the OpenAPI helpers take the parameters from here.
+__all__ = [
+    "PARAMS_BY_TASK",
+    "ClassificationParams",
+    "DenoisingParams",
+    "DetectionParams",
+    "ExplainParams",
+    "SegmentationParams",
+]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-# Shared by the examples below: a truncated base64 PNG and the bundled digits classifier's version.
-PNG_B64_EXAMPLE = "iVBORw0KGgo..."
-DIGITS_VERSION_EXAMPLE = "36946e7040bb"
-
-
-def examples(*values: dict[str, Any]) -> ConfigDict:
-    """Model config whose JSON schema, and so the OpenAPI document, shows these examples."""
-    return ConfigDict(json_schema_extra={"examples": list(values)})
 
 
 class ErrorDetail(BaseModel):
@@ -68,24 +67,6 @@ class PredictBody(_Strict):
     )
 
 
-class ExplainParams(_Strict):
-    """Parameters of :explain."""
-
-    target: str | None = Field(None, description="Label to explain; the top-1 label when omitted.")
-    target_index: int | None = Field(None, ge=0, description="Class index to explain (instead of `target`).")
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Heatmap opacity in the overlay.")
-
-    @model_validator(mode="after")
-    def _one_target(self) -> ExplainParams:
-        if self.target is not None and self.target_index is not None:
-            raise ValueError("give target or target_index, not both")
-        return self
-
-    def for_model(self) -> dict[str, Any]:
-        """The parameters as the model layer takes them (one `target`: label or index)."""
-        return {"target": self.target_index if self.target_index is not None else self.target, "alpha": self.alpha}
-
-
 class GenerateBody(_Strict):
     """:generate request."""
 
@@ -102,113 +83,6 @@ class GenerateBody(_Strict):
     def for_model(self) -> dict[str, Any]:
         """Model-layer parameters: `parameters` plus the label when given."""
         return {**self.parameters, **({"label": self.label} if self.label is not None else {})}
-
-
-class Label(BaseModel):
-    label: str
-    index: int
-    score: float
-
-
-class ClassificationPrediction(BaseModel):
-    labels: list[Label]
-
-
-class Detection(BaseModel):
-    label: str
-    index: int
-    score: float
-    box: list[float] = Field(description="x1, y1, x2, y2 in original-image pixels.", min_length=4, max_length=4)
-
-
-class DetectionPrediction(BaseModel):
-    detections: list[Detection]
-
-
-class ClassFraction(BaseModel):
-    label: str
-    index: int
-    fraction: float
-
-
-class SegmentationPrediction(BaseModel):
-    mask: str = Field(description="Base64 PNG, mode L, original size; each pixel's value is its class index.")
-    mask_format: str
-    size: list[int]
-    classes: list[ClassFraction]
-
-
-class DenoisingPrediction(BaseModel):
-    image: str = Field(description="Base64 PNG of the restored image at the original size.")
-    size: list[int]
-    latent: list[float] | None = Field(None, description="The autoencoder's code vector (return_latent).")
-
-
-Prediction = ClassificationPrediction | DetectionPrediction | SegmentationPrediction | DenoisingPrediction
-
-
-class GeneratedImage(BaseModel):
-    image: str = Field(description="Base64 PNG.")
-    label: str
-    index: int
-
-
-class GenerateResponse(BaseModel):
-    """Generated images, and the seed that reproduces them."""
-
-    model_config = examples(
-        {
-            "model": "digits_dcgan",
-            "model_version": "126853d42dbd",
-            "weights": "bundled:digits_dcgan.safetensors",
-            "seed": 42,
-            "images": [{"image": PNG_B64_EXAMPLE, "label": "7", "index": 7}],
-        }
-    )
-    model: str
-    model_version: str
-    weights: str
-    warning: str | None = None
-    seed: int
-    images: list[GeneratedImage]
-
-
-class Explanation(BaseModel):
-    label: str
-    index: int
-    score: float
-    method: Literal["grad_cam", "attention_rollout"]
-    heatmap: str = Field(description="Base64 PNG, greyscale, original size: brighter is more important.")
-    overlay: str = Field(description="Base64 PNG: the heatmap in colour over the original image.")
-    size: list[int]
-
-
-class ExplainResponse(BaseModel):
-    """One explanation per input image, in request order."""
-
-    model_config = examples(
-        {
-            "model": "digits_cnn",
-            "model_version": DIGITS_VERSION_EXAMPLE,
-            "weights": "bundled:digits_cnn.safetensors",
-            "explanations": [
-                {
-                    "label": "7",
-                    "index": 7,
-                    "score": 0.98,
-                    "method": "grad_cam",
-                    "heatmap": PNG_B64_EXAMPLE,
-                    "overlay": PNG_B64_EXAMPLE,
-                    "size": [64, 64],
-                }
-            ],
-        }
-    )
-    model: str
-    model_version: str
-    weights: str
-    warning: str | None = None
-    explanations: list[Explanation]
 
 
 class AnnotateImage(_Strict):
@@ -289,24 +163,6 @@ class AnnotateResponse(BaseModel):
         }
     )
     responses: list[AnnotateImageResult]
-
-
-class PredictResponse(BaseModel):
-    """One prediction per input image, in request order."""
-
-    model_config = examples(
-        {
-            "model": "digits_cnn",
-            "model_version": DIGITS_VERSION_EXAMPLE,
-            "weights": "bundled:digits_cnn.safetensors",
-            "predictions": [{"labels": [{"label": "7", "index": 7, "score": 0.98}]}],
-        }
-    )
-    model: str
-    model_version: str
-    weights: str = Field(description="`source:name` of the weights, or `random`.")
-    warning: str | None = Field(None, description="Present when the weights are random.")
-    predictions: list[Prediction]
 
 
 class TensorMeta(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.answers import DIGITS_VERSION_EXAMPLE, examples
 from contract.v2 import (
     HEADER_LENGTH,
     IMAGE_INPUT,
@@ -29,7 +30,7 @@ from contract.v2 import (
     unpack_bytes,
 )
 from deployments.errors import BadRequest, InvalidParameters, describe_validation_error
-from deployments.schemas import DIGITS_VERSION_EXAMPLE, TensorMeta, examples
+from deployments.schemas import TensorMeta
 
 __all__ = ["HEADER_LENGTH", "IMAGE_INPUT", "LABEL_INPUT", "SEED_INPUT", "TENSOR_INPUT", "VIDEO_INPUT", "datatype_of"]
 

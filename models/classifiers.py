@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,27 +18,30 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 from torchvision.transforms.v2 import functional as tvf
 
-from contract.params import ClassificationParams, task_params
+from contract.answers import ClassificationPrediction, Label
+from contract.params import ClassificationParams
 from models import weights as wsrc
-from models.registry import Affine, InputGeometry, ModelSpec, Task, TensorSpec, WeightsInfo, register
+from models.registry import Affine, InputGeometry, Item, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
 
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
-def classification_postprocess(categories: Sequence[str]) -> Callable[..., list[dict[str, Any]]]:
+def classification_postprocess(categories: Sequence[str]) -> Postprocess:
     """Batch postprocess: softmax, then each item's own top_k labels sorted by score."""
 
-    def postprocess(outputs: Sequence[torch.Tensor], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def postprocess(
+        outputs: Sequence[torch.Tensor], items: Sequence[Item[ClassificationParams]]
+    ) -> list[ClassificationPrediction]:
         probs = torch.softmax(torch.stack(list(outputs)).float(), dim=1)
-        ks = [min(task_params(ClassificationParams, p).top_k, probs.shape[1]) for p in params]
+        ks = [min(item.params.top_k, probs.shape[1]) for item in items]
         scores, indices = probs.topk(max(ks), dim=1)
         return [
-            {
-                "labels": [
-                    {"label": categories[i], "index": i, "score": s}
+            ClassificationPrediction(
+                labels=[
+                    Label(label=categories[i], index=i, score=s)
                     for s, i in zip(scores[row, :k].tolist(), indices[row, :k].tolist(), strict=True)
                 ]
-            }
+            )
             for row, k in enumerate(ks)
         ]
 

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from contract.answers import GeneratedImage
 from models import weights as wsrc
 from models.images import png_base64
-from models.registry import ModelSpec, Preprocess, Task, TensorSpec, WeightsInfo, register
+from models.registry import Item, ModelSpec, Preprocess, Task, TensorSpec, WeightsInfo, register
 
 LATENT_DIM = 64
 NUM_CLASSES = 10
@@ -145,14 +146,14 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).squeeze(0).numpy()
 
 
-def generation_postprocess(outputs: Sequence[Any], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def generation_postprocess(outputs: Sequence[Any], items: Sequence[Item[None]]) -> list[GeneratedImage]:
     """Per image: the 28x28 greyscale PNG (base64) and the digit it was asked to show."""
     return [
-        {
-            "image": png_base64(Image.fromarray(to_uint8(out["image"]), "L")),
-            "label": CATEGORIES[out["index"]],
-            "index": out["index"],
-        }
+        GeneratedImage(
+            image=png_base64(Image.fromarray(to_uint8(out["image"]), "L")),
+            label=CATEGORIES[out["index"]],
+            index=out["index"],
+        )
         for out in outputs
     ]
 

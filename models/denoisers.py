@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from contract.params import DenoisingParams, task_params
+from contract.answers import DenoisingPrediction
+from contract.params import DenoisingParams
 from models import weights as wsrc
 from models.images import png_base64
-from models.registry import ModelSpec, Postprocess, Preprocess, Task, TensorSpec, WeightsInfo, register
+from models.registry import Item, ModelSpec, Postprocess, Preprocess, Task, TensorSpec, WeightsInfo, register
 
 DIGITS_SIZE = 28
 DIGITS_LATENT = 32
@@ -118,21 +119,6 @@ def resize_preprocess(size: int, mode: str) -> Preprocess:
     return preprocess
 
 
-def original_size(params: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
-    """The original picture's (width, height) from the `image_size` the serving layer adds."""
-    size = params.get("image_size")
-    if size is None:
-        return default
-    if (
-        not isinstance(size, Sequence)
-        or isinstance(size, str)
-        or len(size) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
-    ):
-        raise ValueError(f"image_size must be [width, height] in positive pixels, got {size!r}")
-    return int(size[0]), int(size[1])
-
-
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(1 or 3, H, W) float image in [0, 1] -> an "L" or "RGB" picture."""
     pixels = (image.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
@@ -155,21 +141,18 @@ def residual_forward(module: nn.Module, inputs: Sequence[torch.Tensor]) -> list[
 def denoising_postprocess(name: str, size: int, has_latent: bool) -> Postprocess:
     """Per image: the restored PNG (base64) at the original size, plus the latent code if asked."""
 
-    def postprocess(outputs: Sequence[Any], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        # Validate every item's parameters before encoding any image.
-        wanted = [task_params(DenoisingParams, p).return_latent for p in params]
-        if any(wanted) and not has_latent:
+    def postprocess(outputs: Sequence[Any], items: Sequence[Item[DenoisingParams]]) -> list[DenoisingPrediction]:
+        # Checked before any image is encoded: a model without a code cannot honour return_latent.
+        if not has_latent and any(item.params.return_latent for item in items):
             raise ValueError(f"return_latent: {name} has no latent code")
-        sizes = [original_size(p, (size, size)) for p in params]
-        results: list[dict[str, Any]] = []
-        for out, latent, (w, h) in zip(outputs, wanted, sizes, strict=True):
+        results: list[DenoisingPrediction] = []
+        for out, item in zip(outputs, items, strict=True):
+            w, h = item.size or (size, size)
             img = to_pil(out["image"])
             if (w, h) != img.size:
                 img = img.resize((w, h), Image.Resampling.BICUBIC)
-            result: dict[str, Any] = {"image": png_base64(img), "size": [w, h]}
-            if latent:
-                result["latent"] = [float(v) for v in out["latent"].float().tolist()]
-            results.append(result)
+            latent = [float(v) for v in out["latent"].float().tolist()] if item.params.return_latent else None
+            results.append(DenoisingPrediction(image=png_base64(img), size=[w, h], latent=latent))
         return results
 
     return postprocess

@@ -9,7 +9,7 @@ Mask R-CNN and Keypoint R-CNN answer with their boxes only.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,11 +21,13 @@ from torch.nn import functional as F  # noqa: N812
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from contract.params import DetectionParams, task_params
+from contract.answers import Detection as Found
+from contract.answers import DetectionPrediction
+from contract.params import DetectionParams
 from models import heldout
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, _load_strict, make_preprocess, resolve_weights_choice
-from models.registry import Affine, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
+from models.registry import Affine, Item, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
 
 # torchvision's detectors resize to at most 1333 px themselves; a larger input only costs memory.
 MAX_SIDE = 1333
@@ -62,27 +64,16 @@ Geometry = Callable[[int, int], Affine]
 # -- Shared by every detector: parameters, postprocess, v2 tensors, batch forward ------------------
 
 
-def _image_size(params: Mapping[str, Any]) -> tuple[int, int] | None:
-    """The original's [width, height] (added by the serving layer), or None when absent."""
-    size = params.get("image_size")
-    if size is None:
-        return None
-    pair = list(size) if isinstance(size, list | tuple) else []
-    if len(pair) != 2 or not all(type(v) is int and v > 0 for v in pair):
-        raise ValueError(f"image_size must be [width, height] in positive pixels, got {size!r}")
-    return pair[0], pair[1]
-
-
 def detection_postprocess(categories: Sequence[str], geometry: Geometry, skip: frozenset[int]) -> Postprocess:
     """Batch postprocess: threshold, sort and cap each item's detections; boxes to original pixels.
 
-    Boxes map back through `geometry` when the item's parameters carry `image_size` (the serving
-    layer adds it) and are clipped to the image; without it they stay in model-input pixels.
+    Boxes map back through `geometry` when the item has the original's size (the serving layer
+    gives it) and are clipped to the image; without it they stay in model-input pixels.
     Labels in `skip` (placeholder categories such as `__background__`) are never reported.
     """
     skipped = torch.tensor(sorted(skip), dtype=torch.int64)
 
-    def one(output: Detection, threshold: float, limit: int, size: tuple[int, int] | None) -> dict[str, Any]:
+    def one(output: Detection, threshold: float, limit: int, size: tuple[int, int] | None) -> DetectionPrediction:
         scores, labels = output["scores"].float(), output["labels"].long()
         keep = torch.nonzero((scores >= threshold) & ~torch.isin(labels, skipped)).flatten()
         keep = keep[scores[keep].argsort(descending=True, stable=True)][:limit]
@@ -92,18 +83,18 @@ def detection_postprocess(categories: Sequence[str], geometry: Geometry, skip: f
             boxes = boxes * torch.tensor([a, e, a, e]) + torch.tensor([c, f, c, f])
             limits = torch.tensor([size[0], size[1], size[0], size[1]], dtype=torch.float32)
             boxes = torch.minimum(boxes.clamp(min=0.0), limits)
-        return {
-            "detections": [
-                {"label": categories[i], "index": i, "score": s, "box": [round(v, 2) for v in box]}
+        return DetectionPrediction(
+            detections=[
+                Found(label=categories[i], index=i, score=s, box=[round(v, 2) for v in box])
                 for i, s, box in zip(labels[keep].tolist(), scores[keep].tolist(), boxes.tolist(), strict=True)
             ]
-        }
+        )
 
-    def postprocess(outputs: Sequence[Detection], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        # Every item's parameters are checked before any work, so a bad one fails cleanly.
-        asked = [task_params(DetectionParams, p) for p in params]
-        settings = [(a.score_threshold, a.max_detections, _image_size(p)) for a, p in zip(asked, params, strict=True)]
-        return [one(out, *s) for out, s in zip(outputs, settings, strict=True)]
+    def postprocess(outputs: Sequence[Detection], items: Sequence[Item[DetectionParams]]) -> list[DetectionPrediction]:
+        return [
+            one(out, item.params.score_threshold, item.params.max_detections, item.size)
+            for out, item in zip(outputs, items, strict=True)
+        ]
 
     return postprocess
 

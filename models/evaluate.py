@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from contract.params import PARAMS_BY_TASK
 from models import metrics
 from models.heldout import Dataset
-from models.registry import ModelSpec, Task, get_spec
+from models.registry import Item, ModelSpec, Task, get_spec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CLIP_SUFFIXES = (".mp4", ".webm", ".mkv", ".gif", ".avi", ".mov")
@@ -130,9 +131,11 @@ def local_predictor(spec: ModelSpec, params: dict[str, Any]) -> Predict:
     from models.images import decode_image
 
     module = spec.build()
+    # Validated once, as the API validates a request's parameters.
+    task_params = PARAMS_BY_TASK[spec.task].model_validate(params)
 
     def predict(batch: list[bytes]) -> list[dict[str, Any]]:
-        contexts = []
+        items = []
         tensors = []
         for payload in batch:
             if spec.task == Task.VIDEO_CLASSIFICATION and spec.preprocess_clip is not None:
@@ -140,14 +143,15 @@ def local_predictor(spec: ModelSpec, params: dict[str, Any]) -> Predict:
 
                 frames = decode_clip(payload, mode=spec.image_mode, max_output_frames=spec.clip_length or None)
                 tensors.append(spec.preprocess_clip(frames))
-                contexts.append({**params, "image_size": [frames[0].width, frames[0].height]})
+                items.append(Item(task_params, (frames[0].width, frames[0].height)))
             else:
                 image = decode_image(payload, spec.image_mode)
                 tensors.append(spec.preprocess(image))
-                contexts.append({**params, "image_size": [image.width, image.height]})
+                items.append(Item(task_params, (image.width, image.height)))
         with torch.inference_mode():
             outputs = spec.forward(module, tensors)
-        return spec.postprocess(outputs, contexts)
+        # As the server sends them: what `score` reads from either predictor.
+        return [answer.model_dump(mode="json", exclude_none=True) for answer in spec.postprocess(outputs, items)]
 
     return predict
 

@@ -36,6 +36,8 @@ from torch import nn
 from torch.nn import functional
 from torchvision.models import VisionTransformer
 
+from contract.answers import Explanation
+from contract.params import ExplainParams
 from models.images import png_base64
 from models.registry import Affine, ModelSpec
 
@@ -240,23 +242,20 @@ def explain_image(
     spec: ModelSpec,
     module: nn.Module,
     image: Image.Image,
+    params: ExplainParams | None = None,
     *,
-    target: int | str | None = None,
-    alpha: float = 0.5,
     device: torch.device | None = None,
-) -> dict[str, Any]:
-    """Explain `module`'s decision for `target` (index or label; None: top-1) on one decoded image.
-
-    Returns {"label", "index", "score" (softmax probability), "method", "heatmap" (base64 greyscale
-    PNG, original size), "overlay" (base64 RGB PNG: jet-coloured heat blended over the original
-    at `alpha`), "size": [width, height]}. A bad target or alpha is a ValueError; a model with
+) -> Explanation:
+    """Explain `module`'s decision for the class `params` asks for (index or label; none: the
+    top-1) on one decoded image: the class and its softmax score, the method, the heatmap
+    (greyscale PNG at the original size) and the overlay (the jet-coloured heat blended over the
+    original at `params.alpha`). A target the model does not have is a ValueError; a model with
     nothing to explain with (no spatial feature map) is an ExplanationError.
     """
     if not spec.explainable:
         raise ValueError(f"{spec.name}: explanation maps apply to image classifiers, not {spec.task}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number between 0 and 1, got {alpha!r}")
-    index = _resolve_target(spec, target)
+    params = params or ExplainParams()
+    index = _resolve_target(spec, params.wanted)
     if image.mode != spec.image_mode:
         image = image.convert(spec.image_mode)
     parameter = next(module.parameters(), None)
@@ -282,13 +281,13 @@ def explain_image(
     # Non-finite scores (broken weights) give no heat rather than an unreadable PNG.
     heat = np.clip(np.nan_to_num(to_original(heat_input, image.size, geometry)), 0.0, 1.0)
     heatmap = Image.fromarray(np.round(heat * 255).astype(np.uint8), "L")
-    overlay = Image.blend(image.convert("RGB"), Image.fromarray(colorize(heat), "RGB"), float(alpha))
-    return {
-        "label": spec.categories[index],
-        "index": index,
-        "score": score,
-        "method": method,
-        "heatmap": png_base64(heatmap),
-        "overlay": png_base64(overlay),
-        "size": [image.width, image.height],
-    }
+    overlay = Image.blend(image.convert("RGB"), Image.fromarray(colorize(heat), "RGB"), params.alpha)
+    return Explanation(
+        label=spec.categories[index],
+        index=index,
+        score=score,
+        method=method,
+        heatmap=png_base64(heatmap),
+        overlay=png_base64(overlay),
+        size=[image.width, image.height],
+    )

@@ -6,11 +6,12 @@ import difflib
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BaseModel
 
 from contract.tasks import MODEL_NAME, Task
 
@@ -89,13 +90,22 @@ Continuous pixel coordinates, as Pillow uses: pixel i covers [i, i + 1).
 """
 InputGeometry = Callable[[Image.Image], Affine]
 """Where the model input lies in the original image (resize, crop, digit crop); for explanation maps."""
-Postprocess = Callable[[Sequence[Any], Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
-"""(per-item forward outputs, per-item parameters) -> one JSON-able result per item.
+ParamsT = TypeVar("ParamsT")
 
-The serving layer adds `image_size` ([width, height] of the decoded original image, or of the
-first frame of a clip) to each item's parameters of image and video inputs, so results can be
-mapped back to original pixels.
-"""
+
+@dataclass(frozen=True)
+class Item(Generic[ParamsT]):
+    """What postprocess gets of one input besides the model's output."""
+
+    params: ParamsT
+    """The task's parameters (contract.params), validated once, by the API; None for generated images."""
+    size: tuple[int, int] | None = None
+    """(width, height) of the decoded original image, or of a clip's first frame, so results map
+    back to original pixels; None where there is no original (generated images)."""
+
+
+Postprocess = Callable[[Sequence[Any], Sequence[Item[Any]]], Sequence[BaseModel]]
+"""(per-item forward outputs, per-item parameters and size) -> the task's answer (contract.answers) per item."""
 TensorOutputs = Callable[[Sequence[Any]], dict[str, np.ndarray]]
 BatchForward = Callable[[torch.nn.Module, Sequence[torch.Tensor]], list[Any]]
 

@@ -15,12 +15,13 @@ from torchvision.models.segmentation import FCN, DeepLabV3
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from contract.params import SegmentationParams, task_params
+from contract.answers import ClassFraction, SegmentationPrediction
+from contract.params import SegmentationParams
 from models import heldout
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, build_torchvision, make_preprocess, resolve_weights_choice
 from models.images import png_base64
-from models.registry import ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
+from models.registry import Item, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
 
 MASK_FORMAT = "png;mode=L;value=class_index"
 MAX_CLASSES = 256  # class indices travel as 8-bit pixel values (mode "L" PNG, UINT8 tensor)
@@ -51,36 +52,25 @@ def segmentation_outputs(input_size: tuple[int, int]) -> tuple[TensorSpec, ...]:
     return (TensorSpec("mask", "UINT8", (-1, *input_size)),)
 
 
-def _image_size(params: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
-    value = params.get("image_size")
-    if value is None:
-        return default
-    if (
-        not isinstance(value, list | tuple)
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        raise ValueError(f"image_size must be [width, height] in positive pixels, got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def segment_result(class_map: torch.Tensor, params: Mapping[str, Any], categories: Sequence[str]) -> dict[str, Any]:
+def segment_result(
+    class_map: torch.Tensor, item: Item[SegmentationParams], categories: Sequence[str]
+) -> SegmentationPrediction:
     """One image's answer: its class-index mask at the original size and the classes it shows."""
-    min_fraction = task_params(SegmentationParams, params).min_fraction
+    min_fraction = item.params.min_fraction
     height, width = class_map.shape
-    size = _image_size(params, (width, height))
+    size = item.size or (width, height)
     # NEAREST: a class index must never be blended into another class's index.
     mask = Image.fromarray(class_map.numpy(), "L").resize(size, Image.Resampling.NEAREST)
     counts = np.bincount(np.asarray(mask).ravel(), minlength=len(categories))
     fractions = counts / (size[0] * size[1])
     present = [i for i in np.flatnonzero(counts).tolist() if fractions[i] >= min_fraction]
     present.sort(key=lambda i: (-fractions[i], i))
-    return {
-        "mask": png_base64(mask),
-        "mask_format": MASK_FORMAT,
-        "size": list(size),
-        "classes": [{"label": categories[i], "index": i, "fraction": float(fractions[i])} for i in present],
-    }
+    return SegmentationPrediction(
+        mask=png_base64(mask),
+        mask_format=MASK_FORMAT,
+        size=list(size),
+        classes=[ClassFraction(label=categories[i], index=i, fraction=float(fractions[i])) for i in present],
+    )
 
 
 def segmentation_postprocess(categories: Sequence[str]) -> Postprocess:
@@ -90,8 +80,10 @@ def segmentation_postprocess(categories: Sequence[str]) -> Postprocess:
     the mask itself is the model's full answer.
     """
 
-    def postprocess(outputs: Sequence[torch.Tensor], params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [segment_result(out, p, categories) for out, p in zip(outputs, params, strict=True)]
+    def postprocess(
+        outputs: Sequence[torch.Tensor], items: Sequence[Item[SegmentationParams]]
+    ) -> list[SegmentationPrediction]:
+        return [segment_result(out, item, categories) for out, item in zip(outputs, items, strict=True)]
 
     return postprocess
 

@@ -6,12 +6,19 @@ import base64
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
+from contract import answers
 from contract.tasks import Task
 from deployments import inputs, openapi, schemas
 from deployments.errors import NotAcceptable, PayloadTooLarge, RouteNotSupported
 from deployments.gateway import Gateway
 from deployments.rest.common import CREDENTIAL, INFER_ERRORS
+
+
+def answer(result: BaseModel, headers: dict[str, str]) -> Response:
+    """A model's answer (contract.answers), serialized once; absent optional fields are left out."""
+    return Response(result.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)
 
 
 def router(gateway: Gateway) -> APIRouter:
@@ -21,7 +28,7 @@ def router(gateway: Gateway) -> APIRouter:
 
     @api.post(
         "/v1/models/{model}:predict",
-        response_model=schemas.PredictResponse,
+        response_model=answers.PredictResponse,
         responses=openapi.errors(*INFER_ERRORS),
         openapi_extra=openapi.PREDICT_OPENAPI,
         summary="Predict on one or more images",
@@ -35,12 +42,11 @@ def router(gateway: Gateway) -> APIRouter:
         items, raw_params = await inputs.inputs_and_params(request, limits, video=video)
         params = inputs.validate(schemas.PARAMS_BY_TASK[card.task], raw_params)
         method = "predict_clips" if video else "predict"
-        result = await gateway.call(model, method, items, params.model_dump())
-        return JSONResponse(result, headers=headers)
+        return answer(await gateway.call(model, method, items, params), headers)
 
     @api.post(
         "/v1/models/{model}:generate",
-        response_model=schemas.GenerateResponse,
+        response_model=answers.GenerateResponse,
         responses={
             **openapi.errors(400, 401, 403, 404, 406, 408, 413, 422, 429, 503),
             200: openapi.GENERATED_PNG_RESPONSE,
@@ -59,20 +65,18 @@ def router(gateway: Gateway) -> APIRouter:
         want_png = inputs.accepts_png_only(request.headers.get("accept", ""))
         if want_png and body.num_images != 1:
             raise NotAcceptable("Accept: image/png returns one image; ask for num_images 1 or accept application/json")
-        result = await gateway.call(model, "generate", body.num_images, body.seed, body.for_model())
+        result: answers.GenerateResponse = await gateway.call(
+            model, "generate", body.num_images, body.seed, body.for_model()
+        )
         if want_png:
-            image = result["images"][0]
-            headers |= {
-                "X-Seed": str(result["seed"]),
-                "X-Label": image["label"],
-                "X-Model-Version": result["model_version"],
-            }
-            return Response(base64.b64decode(image["image"]), media_type="image/png", headers=headers)
-        return JSONResponse(result, headers=headers)
+            image = result.images[0]
+            headers |= {"X-Seed": str(result.seed), "X-Label": image.label, "X-Model-Version": result.model_version}
+            return Response(base64.b64decode(image.image), media_type="image/png", headers=headers)
+        return answer(result, headers)
 
     @api.post(
         "/v1/models/{model}:explain",
-        response_model=schemas.ExplainResponse,
+        response_model=answers.ExplainResponse,
         responses=openapi.errors(*INFER_ERRORS),
         openapi_extra=openapi.EXPLAIN_OPENAPI,
         summary="Explanation maps of a classifier's decision (Grad-CAM, attention rollout)",
@@ -84,8 +88,7 @@ def router(gateway: Gateway) -> APIRouter:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :explain route; classifiers do")
         images, raw_params = await inputs.images_and_params(request, limits)
         params = inputs.validate(schemas.ExplainParams, raw_params)
-        result = await gateway.call(model, "explain", images, params.for_model())
-        return JSONResponse(result, headers=headers)
+        return answer(await gateway.call(model, "explain", images, params), headers)
 
     @api.post(
         "/v1/images:annotate",

@@ -24,7 +24,7 @@ from torch import nn
 from models import dcgan, digits
 from models.images import decode_image
 from models.metrics import classification_report
-from models.registry import get_spec
+from models.registry import Item, get_spec
 from models.training.data import SPLIT_SEED, TEST_FRACTION, augment_digit, digits_split
 from models.weights import BUNDLED_DIR, sha256_file
 
@@ -74,10 +74,9 @@ def recognition(model: nn.Module, classifier: nn.Module) -> tuple[float, dict[st
     for digit in range(dcgan.NUM_CLASSES):
         inputs = dcgan.sample(EVAL_PER_DIGIT, EVAL_SEED + digit, {"label": digit})
         with torch.inference_mode():
-            results = dcgan.generation_postprocess(dcgan.generation_forward(model.eval(), inputs), [{}] * len(inputs))
-            batch = torch.stack(
-                [digits.normalize_digit(decode_image(base64.b64decode(r["image"]), "L")) for r in results]
-            )
+            outputs = dcgan.generation_forward(model.eval(), inputs)
+            results = dcgan.generation_postprocess(outputs, [Item(None)] * len(inputs))
+            batch = torch.stack([digits.normalize_digit(decode_image(base64.b64decode(r.image), "L")) for r in results])
             predicted += classifier(batch).argmax(dim=1).tolist()
         truth += [digit] * len(inputs)
     report = classification_report(truth, predicted, dcgan.NUM_CLASSES)

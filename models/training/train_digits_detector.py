@@ -13,9 +13,9 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from contract.answers import DetectionPrediction
+from contract.params import DetectionParams
 from models.detectors import (
     DIGIT_CATEGORIES,
     DIGITS_WEIGHTS_FILE,
@@ -36,6 +38,7 @@ from models.detectors import (
     scene_preprocess,
 )
 from models.metrics import Detections, detection_map
+from models.registry import Item
 from models.training.data import HELD_OUT_NOTE, MONITORING_NOTE, split_record
 from models.training.scenes import TEST_SEED, TRAIN_SEED, VALIDATION_SEED, Scene, digit_scenes, split_digits
 from models.weights import BUNDLED_DIR, sha256_file
@@ -118,13 +121,13 @@ def loss_fn(
     return focal_loss(heads[:, :1], heat) + ce + l1
 
 
-def as_detections(result: Mapping[str, Any]) -> Detections:
-    """A served detection result (`{"detections": [...]}`) as metrics.Detections."""
-    found = result["detections"]
+def as_detections(result: DetectionPrediction) -> Detections:
+    """A detector's answer as metrics.Detections."""
+    found = result.detections
     return Detections(
-        boxes=np.array([d["box"] for d in found], dtype=np.float32).reshape(-1, 4),
-        labels=np.array([d["index"] for d in found], dtype=np.int64),
-        scores=np.array([d["score"] for d in found], dtype=np.float32),
+        boxes=np.array([d.box for d in found], dtype=np.float32).reshape(-1, 4),
+        labels=np.array([d.index for d in found], dtype=np.int64),
+        scores=np.array([d.score for d in found], dtype=np.float32),
     )
 
 
@@ -137,8 +140,9 @@ def evaluate(model: nn.Module, scenes: Sequence[Scene]) -> tuple[float, dict[int
         for start in range(0, len(scenes), 64):
             chunk = scenes[start : start + 64]
             outputs = digits_forward(model, [scene_preprocess(s.image) for s in chunk])
-            params = [{**EVAL_PARAMS, "image_size": [s.image.width, s.image.height]} for s in chunk]
-            predictions.extend(as_detections(result) for result in postprocess(outputs, params))
+            items = [Item(DetectionParams(**EVAL_PARAMS), (s.image.width, s.image.height)) for s in chunk]
+            answers = cast(Sequence[DetectionPrediction], postprocess(outputs, items))
+            predictions.extend(as_detections(result) for result in answers)
     truths = [Detections(boxes=s.boxes, labels=s.labels) for s in scenes]
     return detection_map(predictions, truths, NUM_CLASSES, iou_threshold=0.5)
 

@@ -16,6 +16,8 @@ from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from contract.answers import DetectionPrediction
+from contract.params import DetectionParams
 from models import detectors
 from models import weights as wsrc
 from models.metrics import Detections, detection_map
@@ -23,6 +25,7 @@ from models.registry import ModelSpec, Task, get_entry, get_spec, list_models
 from models.training.scenes import Scene, digit_scenes
 from models.training.train_digits_detector import as_detections
 from models.weights import BUNDLED_DIR, sha256_file
+from tests.answers import answers
 
 TORCHVISION_DETECTORS = torchvision.models.list_models(module=torchvision.models.detection)
 # Small enough to build and run on every test run; the ResNet-50 and VGG ones take seconds each.
@@ -91,8 +94,7 @@ def test_every_torchvision_detector_runs_with_random_weights_on_images_of_any_si
     for out in outputs:
         assert out["boxes"].shape == (len(out["scores"]), 4)
         assert out["labels"].shape == out["scores"].shape
-    params = [{**ALL_PARAMS, "max_detections": 5, "image_size": list(size)} for size in sizes]
-    for result, size in zip(spec.postprocess(outputs, params), sizes, strict=True):
+    for result, size in zip(answers(spec, outputs, sizes, **{**ALL_PARAMS, "max_detections": 5}), sizes, strict=True):
         _check_result(result, spec, size, 5)
     tensors = spec.tensor_outputs(outputs)
     counts = [len(out["scores"]) for out in outputs]
@@ -202,14 +204,14 @@ def test_postprocess_applies_score_threshold_and_max_detections() -> None:
     out = _output([[0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 3, 4], [7, 7, 9, 9]], [1, 3, 18, 1], [0.9, 0.3, 0.7, 0.6])
 
     def scores(**params: Any) -> list[float]:
-        result = spec.postprocess([out], [params])[0]
+        result = answers(spec, [out], [None], **params)[0]
         return [round(d["score"], 3) for d in result["detections"]]
 
     assert scores() == [0.9, 0.7, 0.6]  # default threshold 0.5
     assert scores(score_threshold=0.0) == [0.9, 0.7, 0.6, 0.3]
     assert scores(score_threshold=0.65) == [0.9, 0.7]
     assert scores(score_threshold=0, max_detections=2) == [0.9, 0.7]
-    first = spec.postprocess([out], [{}])[0]["detections"][0]
+    first = answers(spec, [out], [None])[0]["detections"][0]
     assert first == {"label": "person", "index": 1, "score": pytest.approx(0.9), "box": [0.0, 0.0, 10.0, 10.0]}
 
 
@@ -217,7 +219,7 @@ def test_postprocess_never_reports_placeholder_categories() -> None:
     spec = get_spec("fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
     na = spec.categories.index("N/A")
     out = _output([[0, 0, 5, 5]] * 3, [0, na, 2], [0.99, 0.98, 0.6])
-    result = spec.postprocess([out], [{}])[0]
+    result = answers(spec, [out], [None])[0]
     assert [d["label"] for d in result["detections"]] == ["bicycle"]
 
 
@@ -225,11 +227,11 @@ def test_postprocess_maps_boxes_to_original_pixels_and_clips_them() -> None:
     spec = get_spec("ssdlite320_mobilenet_v3_large", weights="random")
     out = _output([[10.25, 20.5, 100.0, 50.0], [-3.0, 480.0, 1400.0, 520.0]], [1, 2], [0.9, 0.8])
     # A 2666x1000 original was downscaled to 1333x500 by preprocess: boxes scale back by 2.
-    big = spec.postprocess([out], [{"image_size": [2666, 1000]}])[0]["detections"]
+    big = answers(spec, [out], [(2666, 1000)])[0]["detections"]
     assert big[0]["box"] == [20.5, 41.0, 200.0, 100.0]
     assert big[1]["box"] == [0.0, 960.0, 2666.0, 1000.0]
     # Within the cap the model saw the original's pixels; boxes are only clipped.
-    small = spec.postprocess([out], [{"image_size": [640, 500]}])[0]["detections"]
+    small = answers(spec, [out], [(640, 500)])[0]["detections"]
     assert small[0]["box"] == [10.25, 20.5, 100.0, 50.0]
     assert small[1]["box"] == [0.0, 480.0, 640.0, 500.0]
 
@@ -247,16 +249,12 @@ def test_postprocess_maps_boxes_to_original_pixels_and_clips_them() -> None:
         {"max_detections": 2.5},
         {"max_detections": "ten"},
         {"max_detections": True},
-        {"image_size": [0, 10]},
-        {"image_size": [10]},
-        {"image_size": "ab"},
     ],
 )
-def test_invalid_parameters_raise_value_error(params: dict[str, Any]) -> None:
-    spec = get_spec("digits_detector", weights="random")
-    out = _output([[0, 0, 5, 5]], [3], [0.9])
+def test_invalid_parameters_are_refused_before_any_detector_sees_them(params: dict[str, Any]) -> None:
+    # The API validates them with the task's model, once; detectors receive only valid ones.
     with pytest.raises(ValueError, match=next(iter(params))):
-        spec.postprocess([out, out], [{}, params])
+        DetectionParams.model_validate(params)
 
 
 def test_tensor_outputs_pad_every_item_to_the_largest_count() -> None:
@@ -303,11 +301,12 @@ def _detect(served: tuple[ModelSpec, nn.Module], images: list[Image.Image], **pa
     spec, module = served
     with torch.inference_mode():
         outputs = spec.forward(module, [spec.preprocess(img.convert(spec.image_mode)) for img in images])
-    return spec.postprocess(outputs, [{**params, "image_size": [img.width, img.height]} for img in images])
+    return answers(spec, outputs, [img.size for img in images], **params)
 
 
 def _map50(results: list[dict[str, Any]], truths: list[Detections]) -> tuple[float, dict[int, float]]:
-    return detection_map([as_detections(r) for r in results], truths, num_classes=10, iou_threshold=0.5)
+    found = [as_detections(DetectionPrediction.model_validate(r)) for r in results]
+    return detection_map(found, truths, num_classes=10, iou_threshold=0.5)
 
 
 def test_digits_detector_held_out_map50_is_at_least_0_9(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 import torchvision
 from PIL import Image
 
-from models.registry import ModelSpec, Task, UnknownModel, get_entry, get_spec, list_models, register
+from contract.answers import ClassificationPrediction
+from contract.params import PARAMS_BY_TASK, ClassificationParams
+from models.registry import Item, ModelSpec, Task, UnknownModel, get_entry, get_spec, list_models, register
 
 # Building and running the largest torchvision classifiers (vit_h_14, regnet_y_128gf: over
 # 600M parameters) takes minutes and gigabytes on 2 CPU cores; above this size the
@@ -83,8 +87,14 @@ def test_every_spec_has_metadata_and_preprocesses_to_its_input_shape(name: str) 
         assert tuple(x.shape) == spec.input_shape
 
 
-def _image_size(spec: ModelSpec, index: int) -> list[int]:
-    return [[320, 240], [200, 300]][index] if spec.task != Task.GENERATION else [0, 0]
+def _items(spec: ModelSpec) -> list[Item[Any]]:
+    """Two items as a replica makes them: the task's parameters (top_k 3 and 1 for classifiers)
+    and the originals' sizes; generated images have neither."""
+    if spec.task == Task.GENERATION:
+        return [Item(None), Item(None)]
+    kind = PARAMS_BY_TASK[spec.task]
+    params = [kind(top_k=3), kind(top_k=1)] if kind is ClassificationParams else [kind(), kind()]
+    return [Item(params[0], (320, 240)), Item(params[1], (200, 300))]
 
 
 @pytest.mark.parametrize(
@@ -104,13 +114,10 @@ def test_every_spec_returns_one_result_per_input(name: str) -> None:
     with torch.inference_mode():
         outputs = spec.forward(module, _inputs(spec))
     assert len(outputs) == 2
-    params = [{"top_k": 3, "image_size": _image_size(spec, 0)}, {"top_k": 1, "image_size": _image_size(spec, 1)}]
-    if spec.task not in (Task.CLASSIFICATION, Task.VIDEO_CLASSIFICATION):
-        params = [{"image_size": p["image_size"]} for p in params]
-    results = spec.postprocess(outputs, params)
+    results = spec.postprocess(outputs, _items(spec))
     assert len(results) == 2
     if spec.task in (Task.CLASSIFICATION, Task.VIDEO_CLASSIFICATION):
-        assert [len(r["labels"]) for r in results] == [3, 1]
+        assert [len(r.labels) for r in results if isinstance(r, ClassificationPrediction)] == [3, 1]
     tensors = spec.tensor_outputs(outputs)
     assert {o.name for o in spec.outputs} == set(tensors)
     for out in spec.outputs:

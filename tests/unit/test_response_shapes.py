@@ -5,13 +5,15 @@ route's response model with no field missing, none unknown and every type right.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from deployments import schemas
+from contract import answers
+from contract.params import PARAMS_BY_TASK, ExplainParams
 from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
 from deployments.image_model import ImageModel
 from models.training.samples import write_samples
@@ -19,11 +21,11 @@ from models.training.samples import write_samples
 Replica: Any = ImageModel.func_or_class  # type: ignore[attr-defined]
 
 PREDICTION_OF_TASK: dict[str, type[BaseModel]] = {
-    "classification": schemas.ClassificationPrediction,
-    "video_classification": schemas.ClassificationPrediction,
-    "detection": schemas.DetectionPrediction,
-    "segmentation": schemas.SegmentationPrediction,
-    "denoising": schemas.DenoisingPrediction,
+    "classification": answers.ClassificationPrediction,
+    "video_classification": answers.ClassificationPrediction,
+    "detection": answers.DetectionPrediction,
+    "segmentation": answers.SegmentationPrediction,
+    "denoising": answers.DenoisingPrediction,
 }
 
 
@@ -55,9 +57,11 @@ def conforms(value: Any, model: type[BaseModel]) -> None:
             conforms(items, inner)
 
 
-def run(coroutine: Any) -> dict[str, Any]:
-    answer: dict[str, Any] = asyncio.run(coroutine)
-    return answer
+def sent(answer: Any, model: type[BaseModel]) -> dict[str, Any]:
+    """The replica's answer, which must be the route's response model, as the route sends it."""
+    assert type(answer) is model, type(answer)
+    body: dict[str, Any] = json.loads(answer.model_dump_json(exclude_none=True))
+    return body
 
 
 @pytest.mark.parametrize(
@@ -77,20 +81,27 @@ def test_predict_answers_are_what_the_schema_says(
 ) -> None:
     replica = Replica(ModelArgs(name=model), LimitsArgs(), ArtifactsArgs())
     data = (samples / sample).read_bytes()
-    if model == "moving_digits_lstm":
-        answer = run(replica.predict_clips([data], params))
-    else:
-        answer = run(replica.predict([data], params))
-    envelope = {k: v for k, v in answer.items() if k != "predictions"}
-    conforms(envelope | {"predictions": []}, schemas.PredictResponse)
     task = replica._spec.task.value
+    validated = PARAMS_BY_TASK[task].model_validate(params)  # as the API validates them
+    if model == "moving_digits_lstm":
+        coroutine = replica.predict_clips([data], validated)
+    else:
+        coroutine = replica.predict([data], validated)
+    result = asyncio.run(coroutine)
+    answer = sent(result, answers.PredictResponse)
+    # The task's own prediction class: the union in the envelope would take any task's.
+    assert {type(p) for p in result.predictions} == {PREDICTION_OF_TASK[task]}
+    envelope = {k: v for k, v in answer.items() if k != "predictions"}
+    conforms(envelope | {"predictions": []}, answers.PredictResponse)
     for prediction in answer["predictions"]:
         conforms(prediction, PREDICTION_OF_TASK[task])
 
 
 def test_generate_and_explain_answers_are_what_the_schema_says(samples: Path) -> None:
     generator = Replica(ModelArgs(name="digits_dcgan"), LimitsArgs(), ArtifactsArgs())
-    conforms(run(generator.generate(1, 7, {"label": 3})), schemas.GenerateResponse)
+    generated = sent(asyncio.run(generator.generate(1, 7, {"label": 3})), answers.GenerateResponse)
+    conforms(generated, answers.GenerateResponse)
     classifier = Replica(ModelArgs(name="digits_cnn"), LimitsArgs(), ArtifactsArgs())
-    explained = run(classifier.explain([(samples / "digit.png").read_bytes()], {"alpha": 0.5}))
-    conforms(explained, schemas.ExplainResponse)
+    digit = (samples / "digit.png").read_bytes()
+    explained = sent(asyncio.run(classifier.explain([digit], ExplainParams(alpha=0.5))), answers.ExplainResponse)
+    conforms(explained, answers.ExplainResponse)

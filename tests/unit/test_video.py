@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ import torchvision
 from PIL import Image
 from safetensors.torch import save_file
 
+from contract.params import ClassificationParams
 from models import video
-from models.registry import ModelSpec, Task, get_entry, get_spec, list_models
+from models.registry import Item, ModelSpec, Task, get_entry, get_spec, list_models
 from models.training.moving_digits import DIRECTIONS, make_clips
 from models.training.train_moving_digits_lstm import HELD_OUT_CLIPS, classify_encoded
 from models.video_io import decode_clip, encode_clip
@@ -22,6 +25,12 @@ from models.weights import BUNDLED_DIR, WeightsError, WeightsUnavailable, sha256
 TORCHVISION_VIDEO = torchvision.models.list_models(module=torchvision.models.video)
 # Under ~15 s for one random-weights forward on 2 busy CPU cores; the rest are marked slow.
 FAST_VIDEO = {"mc3_18", "r3d_18"}
+
+
+def _answers(spec: ModelSpec, outputs: Sequence[Any], top_ks: list[int]) -> list[dict[str, Any]]:
+    """The classifier's answers, one item per top_k, as the server sends them."""
+    items = [Item(ClassificationParams(top_k=k)) for k in top_ks]
+    return [answer.model_dump(mode="json") for answer in spec.postprocess(outputs, items)]
 
 
 def _frames(count: int = 5, size: tuple[int, int] = (80, 60)) -> list[Image.Image]:
@@ -82,7 +91,7 @@ def test_every_torchvision_video_model_returns_one_result_per_clip(name: str) ->
     with torch.inference_mode():
         outputs = spec.forward(module, [_clip_input(spec, _frames(5)), _clip_input(spec, _frames(3, (64, 96)))])
     assert len(outputs) == 2
-    results = spec.postprocess(outputs, [{"top_k": 3}, {"top_k": 1}])
+    results = _answers(spec, outputs, [3, 1])
     assert [len(r["labels"]) for r in results] == [3, 1]
     assert results[0]["labels"][0]["label"] in spec.categories
     tensors = spec.tensor_outputs(outputs)
@@ -155,7 +164,7 @@ def test_moving_digits_answers_with_direction_labels(moving_digits: tuple[ModelS
     frames = decode_clip(encode_clip([Image.fromarray(f) for f in clips[0]], "mp4"), mode=spec.image_mode)
     with torch.inference_mode():
         outputs = spec.forward(module, [_clip_input(spec, frames), _clip_input(spec, frames[:5])])
-    results = spec.postprocess(outputs, [{"top_k": 8}, {"top_k": 2}])
+    results = _answers(spec, outputs, [8, 2])
     assert [len(r["labels"]) for r in results] == [8, 2]
     assert results[0]["labels"][0]["label"] == DIRECTIONS[int(directions[0])]
     assert sum(item["score"] for item in results[0]["labels"]) == pytest.approx(1.0, abs=1e-4)
