@@ -22,7 +22,7 @@ import yaml
 
 from benchmarks.pipeline import weights_for
 from deployments.image_model import THREADS_ENV
-from deployments.ray_env import CLASSIC_ENV, THROUGHPUT_ENV, host_ports_of_its_own
+from deployments.ray_env import CLASSIC_ENV, ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
 
 REPO = Path(__file__).resolve().parents[1]
 # vision-maas as shipped (HAProxy + direct gRPC between replicas), without batching, and on
@@ -138,7 +138,11 @@ def make_server(
         user_config = {"max_batch_size": batch, "batch_wait_timeout_s": wait_s}
         config = write_config(vision_maas_config(model, port, {model: user_config}, threads, threads, replicas))
         # Serve's per-host ports of its own: another cluster (`make serve`, the tests') may be running.
-        env = (CLASSIC_ENV if name == "vision-maas-classic" else THROUGHPUT_ENV) | host_ports_of_its_own()
+        env = (
+            (CLASSIC_ENV if name == "vision-maas-classic" else THROUGHPUT_ENV)
+            | ONE_MACHINE_ENV
+            | host_ports_of_its_own()
+        )
         return Server(name, serve_command(config), f"{base}/v1/models/{model}:predict", "image/jpeg", env=env)
     module = {
         "fastapi": "fastapi_server",

@@ -32,7 +32,7 @@ from benchmarks.servers import Running, Server, free_ports, serve_command, visio
 from contract.params import ClassificationParams
 from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
 from deployments.image_model import ImageModel
-from deployments.ray_env import THROUGHPUT_ENV, host_ports_of_its_own
+from deployments.ray_env import ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {"warm": True, "cold": False}
@@ -71,7 +71,7 @@ def measure_start(model: str, image: bytes, requests: int, log: Path, cold_first
     (port,) = free_ports(1)
     config = write_config(vision_maas_config(model, port, batching, round(0.9 * threads / 2, 3), threads))
     base = f"http://127.0.0.1:{port}"
-    env = THROUGHPUT_ENV | host_ports_of_its_own()
+    env = THROUGHPUT_ENV | ONE_MACHINE_ENV | host_ports_of_its_own()
     server = Server(
         "vision-maas", serve_command(config), f"{base}/v1/models/{model}_warm:predict", "image/jpeg", env=env
     )

@@ -35,6 +35,14 @@ THROUGHPUT_ENV: dict[str, str] = {
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MESSAGE_BYTES),
 }
 
+# One machine (`make serve`, the tests, the benchmarks), not the image or the chart: a stopping
+# ingress replica stays reachable RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (Ray's default
+# 30 s) so that load balancers can deregister it. On a cluster that window protects traffic; on
+# one machine the only balancer is the node's HAProxy, which learns of the stop at once and
+# retries a refused connection on another replica. At 30 s, Ctrl-C (`serve run` shuts Serve down
+# gracefully) took 30 s to stop `make serve`, and every test cluster as long to stop.
+ONE_MACHINE_ENV: dict[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
 # Ray's own defaults (its Python proxy actor and actor calls between deployments), for comparison.
 CLASSIC_ENV: dict[str, str] = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
 

@@ -15,13 +15,13 @@ import torchvision
 from PIL import Image
 from safetensors.torch import save_file
 
-from deployments.ray_env import THROUGHPUT_ENV
+from deployments.ray_env import ONE_MACHINE_ENV, THROUGHPUT_ENV
 from models import manifest
 from models.training.data import digits_split, render_digit
 
-# Serve's data path as shipped (the Makefile exports it too), also when pytest runs on its own:
+# Serve's data path as `make test` exports it (shipped, and on one machine), also when pytest runs on its own:
 # set before any test module imports Ray, which reads it once, and inherited by the test clusters.
-for _name, _value in THROUGHPUT_ENV.items():
+for _name, _value in (THROUGHPUT_ENV | ONE_MACHINE_ENV).items():
     os.environ.setdefault(_name, _value)
 
 if TYPE_CHECKING:
