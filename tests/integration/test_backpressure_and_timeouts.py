@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.params import ClassificationParams
 from tests.conftest import encode
 from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
 from tests.serve_cluster import call_deployment
@@ -94,8 +95,8 @@ def test_request_over_its_timeout_answers_408(constrained: str) -> None:
         assert response.json()["error"]["code"] == "timeout"
         # The ingress keeps serving after a timeout, and the model replica serves the next request.
         assert http.get("/hasty/healthz").status_code == 200
-    result = call_deployment("hasty", "digits_cnn", "predict", [_big_png()], {"top_k": 1})
-    assert len(result["predictions"]) == 1
+    result = call_deployment("hasty", "digits_cnn", "predict", [_big_png()], ClassificationParams(top_k=1))
+    assert len(result.predictions) == 1
 
 
 def test_client_that_disconnects_cancels_its_queued_work(constrained: str) -> None:

@@ -373,6 +373,8 @@ def test_cli_rotate_fails_naming_the_file_when_the_current_key_is_wrong(
     assert encrypted.read_bytes() == before
 
 
+# A fresh interpreter importing torch: seven seconds, so outside the fast tier.
+@pytest.mark.slow
 def test_crypto_module_encrypts_with_a_generated_key_when_run_as_a_program(
     plain: Path, state: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,9 @@ import pytest
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from contract.answers import ClassificationPrediction, GenerateResponse, PredictResponse
 from contract.errors import ERROR_CODE_HEADER
+from contract.params import ClassificationParams
 from deployments.args import AuthArgs, LimitsArgs
 from deployments.auth import Decision, hash_key
 from deployments.errors import InvalidImage
@@ -71,9 +73,10 @@ class StubModel:
             raise self.fail
         if method == "ready":
             return True
+        envelope = {"model": "stub", "model_version": "v1", "weights": "random"}
         if method == "generate":
-            return {"model": "gen", "seed": 1, "images": []}
-        return {"model": "stub", "predictions": [{"labels": []} for _ in args[0]]}
+            return GenerateResponse(**envelope, seed=1, images=[])
+        return PredictResponse(**envelope, predictions=[ClassificationPrediction(labels=[]) for _ in args[0]])
 
     def __getattr__(self, name: str) -> Method:
         if name.startswith("_"):
@@ -183,7 +186,9 @@ def test_the_three_input_forms_reach_the_model_as_the_same_bytes(call: Call, stu
     assert [r.status_code for r in (raw, multipart, as_json)] == [200, 200, 200]
     sent = [args for name, args in stub.calls if name == "predict"]
     assert [items for items, _ in sent] == [[PNG], [PNG], [PNG]]
-    assert sent[2][1]["top_k"] == 3
+    # The model receives the task's parameters validated, as the object (nothing to re-check).
+    assert sent[2][1] == ClassificationParams(top_k=3)
+    assert sent[0][1] == ClassificationParams()
 
 
 @pytest.mark.parametrize(

@@ -204,6 +204,9 @@ def _segment(served: tuple[ModelSpec, torch.nn.Module], pngs: list[bytes]) -> li
     return [np.asarray(_decode_mask(r)) for r in answers(spec, outputs, [img.size for img in images])]
 
 
+# 300 scenes through the model: eight seconds, so outside the fast tier (the bar is also in
+# test_evaluate's folder run of fewer scenes).
+@pytest.mark.slow
 def test_digits_segmenter_held_out_mean_iou_is_at_least_0_8(digits_served: tuple[ModelSpec, torch.nn.Module]) -> None:
     scenes = digit_scenes("test", 300)
     num_classes = len(seg.DIGITS_CATEGORIES)
