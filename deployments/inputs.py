@@ -86,12 +86,7 @@ async def inputs_and_params(
         items, fields = await _multipart(request, body, limits, video=video)
         params.update(fields)
     elif media == "application/json":
-        try:
-            parsed = schemas.PredictBody.model_validate_json(body)
-        except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise BadRequest("request body is not valid JSON") from None
-            raise InvalidParameters(describe_validation_error(exc)) from None
+        parsed = _parse_json(body, schemas.PredictBody)
         items = []
         for i, inst in enumerate(parsed.instances):
             if inst.frames is not None:
@@ -154,7 +149,11 @@ async def _multipart(
 
 async def json_body(request: Request, limits: LimitsArgs, schema: type[ParamsT]) -> ParamsT:
     """A JSON body read under the size cap: 400 when it is not JSON, 422 when its values are wrong."""
-    body = await read_body(request, limits.max_body_bytes)
+    return _parse_json(await read_body(request, limits.max_body_bytes), schema)
+
+
+def _parse_json(body: bytes, schema: type[ParamsT]) -> ParamsT:
+    """`body` as `schema`: 400 when it is not JSON, 422 naming the first wrong value."""
     try:
         return schema.model_validate_json(body)
     except ValidationError as exc:

@@ -103,9 +103,6 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
         raise BadRequest(str(exc)) from None
 
 
-serialize_bytes = pack_bytes
-
-
 def decode_inputs(request: InferRequest, binary: bytes) -> dict[str, np.ndarray | list[bytes]]:
     """Each input as numpy (numeric) or a list of bytes (BYTES), by name."""
     decoded: dict[str, np.ndarray | list[bytes]] = {}
@@ -205,7 +202,7 @@ def encode_response(
             rows = classification_output(array, k, labels)
             entry: dict[str, Any] = {"name": want.name, "datatype": "BYTES", "shape": [len(rows), len(rows[0])]}
             flat_bytes = [item for row in rows for item in row]
-            raw = serialize_bytes(flat_bytes)
+            raw = pack_bytes(flat_bytes)
             json_data: list[Any] = [item.decode() for item in flat_bytes]
         else:
             entry = {"name": want.name, "datatype": datatype_of(array), "shape": list(array.shape)}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from contract.v2 import pack_bytes
 from deployments import v2
 from deployments.errors import BadRequest
 
@@ -19,12 +20,12 @@ def _binary_request(inputs: list[dict[str, object]], binary: bytes) -> tuple[byt
 
 def test_bytes_tensor_round_trips() -> None:
     items = [b"", b"abc", bytes(range(256))]
-    assert v2.deserialize_bytes(v2.serialize_bytes(items)) == items
+    assert v2.deserialize_bytes(pack_bytes(items)) == items
 
 
 def test_truncated_bytes_tensor_is_a_bad_request() -> None:
     with pytest.raises(BadRequest):
-        v2.deserialize_bytes(v2.serialize_bytes([b"abcdef"])[:-1])
+        v2.deserialize_bytes(pack_bytes([b"abcdef"])[:-1])
 
 
 def test_binary_fp32_input_decodes_with_its_shape() -> None:
