@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= deployments/serve_config.yaml
+# What Serve runs: CONFIG with one application per model (deployments/topology.py).
+SERVE_CONFIG := build/serve_config.yaml
 export RAY_USAGE_STATS_ENABLED := 0
 # Serve's data path as shipped (deployments/ray_env.py says why; a test keeps the two equal).
 export RAY_SERVE_ENABLE_HA_PROXY := 1
@@ -24,7 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 serve: $(STAMP)  ## run the server on http://127.0.0.1:8000 (Ctrl-C stops it and Ray)
-	$(BIN)/python -m deployments.announce $(CONFIG) -- $(BIN)/serve run $(CONFIG)
+	mkdir -p build && $(BIN)/python -m deployments.topology $(CONFIG) -o $(SERVE_CONFIG)
+	$(BIN)/python -m deployments.announce $(SERVE_CONFIG) -- $(BIN)/serve run $(SERVE_CONFIG)
 
 test: $(STAMP) tools  ## the whole suite: lint, types, unit, integration, browser
 	$(BIN)/ruff check .

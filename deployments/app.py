@@ -1,4 +1,11 @@
-"""build_app: the import path for `serve run`, `serve deploy` and the RayService."""
+"""The import paths of the Serve applications (`serve run`, `serve deploy`, the RayService).
+
+- `build_app`: a config's authored application, listing its models once. Deployed as it is, it
+  is one application: the ingress calls every model deployment over handles (two hops per request).
+- `build_catalogue` and `build_model`: what deployments.topology expands that application into (and
+  what `make serve`, the chart and the tests run): one application per model whose replica answers
+  its hot verb itself, and the catalogue application for every other route.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +14,18 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments import v2
-from deployments.args import AppArgs
+from deployments.args import MAX_REQUESTS, AppArgs
 from deployments.auth import KeyStore, RateLimiter
+from deployments.cards import model_card
 from deployments.image_model import ImageModel
 from deployments.ingress import Ingress
 from deployments.ray_env import check_body_limit
-from deployments.schemas import ModelCard, TensorMeta
-from models.registry import ModelSpec, Task, get_spec
+from deployments.schemas import ModelCard
+from deployments.topology import model_app_name
+from models.registry import get_spec
 from models.weights import WeightsError
 
 logger = logging.getLogger("ray.serve")
-
-
-def v2_inputs(spec: ModelSpec) -> list[TensorMeta]:
-    """The Open Inference Protocol inputs of a model: any ONE of them per request."""
-    tensor = TensorMeta(name=v2.TENSOR_INPUT, datatype="FP32", shape=[-1, *spec.input_shape])
-    if spec.task == Task.GENERATION:
-        return [
-            TensorMeta(name=v2.SEED_INPUT, datatype="INT64", shape=[-1]),
-            TensorMeta(name=v2.LABEL_INPUT, datatype="INT64", shape=[-1]),
-            tensor,
-        ]
-    if spec.task == Task.VIDEO_CLASSIFICATION:
-        return [TensorMeta(name=v2.VIDEO_INPUT, datatype="BYTES", shape=[-1]), tensor]
-    return [TensorMeta(name=v2.IMAGE_INPUT, datatype="BYTES", shape=[-1]), tensor]
 
 
 # Each deployment's options where the Serve config's `deployments:` entry for it says nothing: the
@@ -44,7 +38,8 @@ INGRESS_OPTIONS: dict[str, Any] = {
 }
 MODEL_OPTIONS: dict[str, Any] = {
     "ray_actor_options": {"num_cpus": 1},
-    "max_ongoing_requests": 64,
+    # Above any admission limit (user_config.max_requests): the replica refuses in JSON, not Serve.
+    "max_ongoing_requests": 2 * MAX_REQUESTS,
     "health_check_period_s": 10,
     "health_check_timeout_s": 30,
 }
@@ -57,39 +52,74 @@ LIMITER_OPTIONS: dict[str, Any] = {
 }
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Validate `args` (the config's `applications[].args`) and compose one deployment per model."""
-    app_args = AppArgs.model_validate(args)
-    check_body_limit(app_args.limits.max_body_bytes)
+def _cards(app_args: AppArgs) -> dict[str, ModelCard]:
+    """Every configured model's card; resolving the specs checks weights names and pins before any
+    replica starts (loading the weights themselves happens in the replicas)."""
     cards: dict[str, ModelCard] = {}
-    handles = {}
     for model in app_args.models:
         try:
-            # Resolving the spec here checks weights names and pins before any replica starts;
-            # loading the weights themselves happens in the replica.
             spec = get_spec(model.registry_key, model.weights, model.sha256, model.name)
         except WeightsError as exc:
             raise ValueError(f"model {model.name!r}: {exc}") from None
-        cards[model.name] = ModelCard(
-            name=spec.name,
-            task=spec.task.value,
-            version=spec.weights.version,
-            labels=list(spec.categories),
-            input_shape=spec.input_shape,
-            inputs=v2_inputs(spec),
-            outputs=[TensorMeta(name=o.name, datatype=o.datatype, shape=list(o.shape)) for o in spec.outputs],
-            explainable=spec.explainable,
-        )
-        # serve.deployment turns the classes into Deployments; Ray's decorator is untyped.
-        deployment = ImageModel.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
-        handles[model.name] = deployment.bind(model, app_args.limits, app_args.artifacts)
-    limiter = None
-    if app_args.auth.enabled:
-        # Fail at startup, naming what is missing, rather than on the first request.
-        KeyStore.load(app_args.auth.keys_file, app_args.auth.keys_env)
-        limiter = RateLimiter.options(**LIMITER_OPTIONS).bind()  # type: ignore[attr-defined]
-    else:
+        cards[model.name] = model_card(spec)
+    return cards
+
+
+def _args(args: dict[str, Any]) -> AppArgs:
+    app_args = AppArgs.model_validate(args)
+    check_body_limit(app_args.limits.max_body_bytes)
+    return app_args
+
+
+def _limiter(app_args: AppArgs) -> Application | None:
+    """The RateLimiter deployment when API keys are on (the key store is checked now, naming what
+    is missing, rather than on the first request)."""
+    if not app_args.auth.enabled:
         logger.warning("API key authentication is OFF (auth.enabled: false) for this application")
+        return None
+    KeyStore.load(app_args.auth.keys_file, app_args.auth.keys_env)
+    # serve.deployment turns the classes into Deployments; Ray's decorator is untyped.
+    limiter: Application = RateLimiter.options(**LIMITER_OPTIONS).bind()  # type: ignore[attr-defined]
+    return limiter
+
+
+def _ingress(app_args: AppArgs, models: dict[str, Any], cards: dict[str, ModelCard]) -> Application:
     ingress = Ingress.options(**INGRESS_OPTIONS)  # type: ignore[attr-defined]
-    app: Application = ingress.bind(handles, cards, app_args.limits, app_args.auth, limiter)
+    app: Application = ingress.bind(models, cards, app_args.limits, app_args.auth, _limiter(app_args))
+    return app
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """One application: the ingress and one deployment per model, called over handles."""
+    app_args = _args(args)
+    cards = _cards(app_args)
+    handles = {
+        model.name: ImageModel.options(name=model.name, **MODEL_OPTIONS).bind(  # type: ignore[attr-defined]
+            model, app_args.limits, app_args.artifacts
+        )
+        for model in app_args.models
+    }
+    return _ingress(app_args, handles, cards)
+
+
+def build_catalogue(args: dict[str, Any]) -> Application:
+    """The catalogue application: every route, calling each model's own application by name."""
+    app_args = _args(args)
+    if app_args.application is None:
+        raise ValueError("build_catalogue needs args.application (deployments.topology sets it)")
+    apps = {model.name: model_app_name(app_args.application, model.name) for model in app_args.models}
+    return _ingress(app_args, apps, _cards(app_args))
+
+
+def build_model(args: dict[str, Any]) -> Application:
+    """One model's application: its replica is the model and the HTTP ingress of its hot verb."""
+    app_args = _args(args)
+    if app_args.application is None or len(app_args.models) != 1:
+        raise ValueError("build_model needs one model and args.application (deployments.topology sets them)")
+    (model,) = app_args.models
+    _cards(app_args)  # the weights' name and pin, checked before the replica starts
+    deployment = ImageModel.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
+    app: Application = deployment.bind(
+        model, app_args.limits, app_args.artifacts, app_args.auth, app_args.application
+    )
     return app

@@ -16,6 +16,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The most a model replica admits at once: Serve's own max_ongoing_requests for models is above it
+# (deployments.app.MODEL_OPTIONS), so Serve never queues or refuses before the replica does.
+MAX_REQUESTS = 4096
+
+
 class BatchConfig(_Strict):
     """The `user_config` of a model deployment: dynamic batching, applied live by reconfigure()."""
 
@@ -27,6 +32,14 @@ class BatchConfig(_Strict):
         le=600000.0,
         description="When set, the batch cap adapts (AIMD, up to max_batch_size) to hold this p99 latency "
         "of the replica's items; see deployments/batching.py.",
+    )
+    max_requests: int = Field(
+        256,
+        ge=1,
+        le=MAX_REQUESTS,
+        description="Requests the replica holds at once (computing, batched or waiting); one more is answered "
+        "503 `overloaded` with Retry-After, in the API's JSON. It replaces Serve's max_ongoing_requests and "
+        "max_queued_requests for models, whose overload answer is plain text.",
     )
     warmup: bool = Field(
         True,
@@ -109,6 +122,12 @@ class AppArgs(_Strict):
     limits: LimitsArgs = LimitsArgs()
     auth: AuthArgs = AuthArgs()
     artifacts: ArtifactsArgs = ArtifactsArgs()
+    application: str | None = Field(
+        None,
+        description="The catalogue application's name: set by deployments.topology when it gives every model "
+        "its own application (the models' applications then find the catalogue's rate limiter, and the "
+        "catalogue finds the models, by name).",
+    )
 
     @model_validator(mode="after")
     def _unique_and_known(self) -> AppArgs:

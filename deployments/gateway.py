@@ -7,8 +7,9 @@ deployments.rest hold the HTTP side, and the Serve ingress deployment is this cl
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -61,12 +62,42 @@ def _node_metrics_url() -> str:
     raise Unavailable("this node's metrics endpoint is unknown")
 
 
+class LocalHandle:
+    """An object's methods called as a deployment handle's are, `.method.remote(*args)`, giving a
+    future that can be awaited and cancelled: the model replica's own gateway calls its model so,
+    in-process, with the same error mapping and timeout as a call to another replica."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+
+    def __getattr__(self, method: str) -> _LocalMethod:
+        return _LocalMethod(getattr(self._target, method))
+
+
+class _LocalMethod:
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self._function = function
+
+    def remote(self, *args: Any) -> asyncio.Future[Any]:
+        try:
+            result = self._function(*args)
+        except Exception as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        if inspect.isawaitable(result):
+            return asyncio.ensure_future(result)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        return done
+
+
 class Gateway:
     """The served models, the key store and the limits; the steps every route shares."""
 
     def __init__(
         self,
-        models: dict[str, DeploymentHandle[Any]],
+        models: Mapping[str, DeploymentHandle[Any] | LocalHandle],
         cards: dict[str, ModelCard],
         limits: LimitsArgs,
         auth: AuthArgs,

@@ -1,4 +1,8 @@
-"""ImageModel: the one generic model deployment, bound once per configured model."""
+"""ImageModel: the one generic model deployment, bound once per configured model.
+
+Its replica is also the HTTP ingress of the model's hot verb when the model has its own Serve
+application (deployments.topology): the same gateway and routes as the catalogue's, calling this
+replica's methods in-process, so `:predict` costs no hop between replicas."""
 
 from __future__ import annotations
 
@@ -26,10 +30,13 @@ from contract.answers import ExplainResponse, GenerateResponse, PredictResponse
 from contract.params import MAX_SEED, PARAMS_BY_TASK, ExplainParams
 from contract.tasks import IMAGE_TASKS
 from deployments import v2
-from deployments.args import ArtifactsArgs, BatchConfig, LimitsArgs, ModelArgs
+from deployments.args import ArtifactsArgs, AuthArgs, BatchConfig, LimitsArgs, ModelArgs
 from deployments.artifacts import verify_weights
 from deployments.batching import SloBatchController
-from deployments.errors import InvalidParameters, ServingError
+from deployments.cards import model_card
+from deployments.errors import InvalidParameters, Overloaded, ServingError
+from deployments.gateway import Gateway, LocalHandle
+from deployments.rest.app import create_model_app
 from deployments.telemetry import ModelMetrics
 from models.backends import apply_backend
 from models.images import ImageError, ImageLimits, decode_image, original_size
@@ -74,11 +81,23 @@ def _to_cpu(value: Any) -> Any:
 
 
 @serve.deployment  # options: deployments.app.MODEL_OPTIONS
+@serve.ingress()
 class ImageModel:
     """Decode and preprocess each request, then run it through a dynamically batched forward."""
 
-    def __init__(self, model: ModelArgs, limits: LimitsArgs, artifacts: ArtifactsArgs) -> None:
+    def __init__(
+        self,
+        model: ModelArgs,
+        limits: LimitsArgs,
+        artifacts: ArtifactsArgs,
+        auth: AuthArgs | None = None,
+        application: str | None = None,
+    ) -> None:
         self._spec: ModelSpec = get_spec(model.registry_key, model.weights, model.sha256, model.name)
+        self._served_limits = limits
+        self._auth = auth or AuthArgs(enabled=False)
+        # The catalogue application whose rate limiter this replica's own routes use.
+        self._application = application
         # Before any byte of the weights is loaded: a changed, added or unsigned file stops the replica.
         verified = verify_weights(self._spec, model, artifacts)
         if verified:
@@ -123,6 +142,18 @@ class ImageModel:
         )
         # Serve calls reconfigure only for a deployment with a user_config: the defaults apply otherwise.
         self._warm_up()
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """The model's hot verb over HTTP, built in the replica after the constructor: the routes of
+        deployments.rest over a gateway whose one model is this replica, called in-process."""
+        limiter = None
+        if self._auth.enabled and self._application is not None:
+            limiter = serve.get_deployment_handle("RateLimiter", app_name=self._application)
+        name = self._spec.name
+        gateway = Gateway(
+            {name: LocalHandle(self)}, {name: model_card(self._spec)}, self._served_limits, self._auth, limiter
+        )
+        return create_model_app(gateway, "generate" if self._spec.task == Task.GENERATION else "predict")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""
@@ -226,6 +257,10 @@ class ImageModel:
     @contextlib.contextmanager
     def _request(self, kind: str, items: int) -> Iterator[dict[str, Any]]:
         """Count the request as ongoing and log it once done: model, sizes, latency, outcome."""
+        if self._ongoing >= self._batch.max_requests:
+            # Admission, in the API's JSON wherever the request came from (Serve's own limits are
+            # set above this one: their answer would be plain text).
+            raise Overloaded(f"model {self._spec.name!r} is at capacity ({self._batch.max_requests} requests); retry later")
         started = time.perf_counter()
         facts: dict[str, Any] = {"model": self._spec.name, "call": kind, "items": items}
         self._ongoing += 1

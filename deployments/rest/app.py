@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.errors import error_payload
 from deployments import openapi, schemas, telemetry
@@ -24,6 +25,7 @@ from deployments.errors import InvalidParameters, ServingError, Unavailable
 from deployments.gateway import Gateway
 from deployments.rest import v1, v2
 from deployments.rest.common import CREDENTIAL, SERVER_NAME, SERVER_VERSION
+from deployments.topology import hot_route
 
 RETRY_AFTER_S = "1"
 # The web playground: static files shipped in the package (no CDN: it must work offline).
@@ -141,21 +143,53 @@ def _service_routes(app: FastAPI, gateway: Gateway) -> None:
         return JSONResponse({"status": "ok"})
 
 
+def _errors_and_observation(app: FastAPI) -> None:
+    """What every app of the API shares: the access log and metrics, and every error in JSON."""
+    app.middleware("http")(_observe)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
 def create_app(gateway: Gateway) -> FastAPI:
-    """The whole HTTP API over `gateway`."""
+    """The whole HTTP API over `gateway` (the catalogue application's)."""
     app = FastAPI(
         title=SERVER_NAME,
         version=SERVER_VERSION,
         summary="Image models as a service: classification over HTTP, KServe v1-style and Open Inference Protocol v2.",
     )
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")
-    app.middleware("http")(_observe)
-    app.add_exception_handler(ServingError, _serving_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    _errors_and_observation(app)
     app.include_router(v1.router(gateway))
     _service_routes(app, gateway)
     app.include_router(v2.router(gateway))
+    return app
+
+
+class _RoutesFromCatalogueRoot:
+    """Serve mounts an application at its route prefix (the ASGI root_path); a model's application
+    is mounted at its hot verb's exact path. This mounts it back at the catalogue's prefix, so its
+    one route keeps the catalogue's template and path parameters (and so its metrics labels)."""
+
+    def __init__(self, app: ASGIApp, hot_path: str) -> None:
+        self.app = app
+        self.hot_path = hot_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root = scope.get("root_path", "")
+        if root.endswith(self.hot_path):
+            scope = dict(scope, root_path=root[: -len(self.hot_path)])
+        await self.app(scope, receive, send)
+
+
+def create_model_app(gateway: Gateway, verb: str) -> FastAPI:
+    """The hot verb (`predict` or `generate`) of the gateway's one model: the catalogue's route,
+    its errors, access log and metrics; the catalogue's OpenAPI document covers it."""
+    (model,) = gateway.cards
+    app = FastAPI(title=SERVER_NAME, version=SERVER_VERSION, openapi_url=None, docs_url=None, redoc_url=None)
+    _errors_and_observation(app)
+    app.add_middleware(_RoutesFromCatalogueRoot, hot_path=hot_route("/", model, verb))
+    app.include_router(v1.router(gateway, only=verb))
     return app
 
 

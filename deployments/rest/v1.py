@@ -21,8 +21,9 @@ def answer(result: BaseModel, headers: dict[str, str]) -> Response:
     return Response(result.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)
 
 
-def router(gateway: Gateway) -> APIRouter:
-    """The v1 routes over `gateway`."""
+def router(gateway: Gateway, only: str | None = None) -> APIRouter:
+    """The v1 routes over `gateway`; with `only`, just that route (a model's hot verb: its
+    function's name, `predict` or `generate`)."""
     api = APIRouter()
     limits = gateway.limits
 
@@ -134,4 +135,6 @@ def router(gateway: Gateway) -> APIRouter:
         _, headers = await gateway.gate(model, key)
         return JSONResponse(await gateway.call(model, "metadata"), headers=headers)
 
+    if only is not None:
+        api.routes[:] = [route for route in api.routes if getattr(route, "name", None) == only]
     return api
