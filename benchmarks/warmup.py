@@ -106,7 +106,7 @@ def measure_start(model: str, image: bytes, requests: int, log: Path, cold_first
 def measure_replica(model: str, image: bytes, requests: int, warm: bool) -> dict[str, Any]:
     """The replica's own code, built here without Serve: its first :predict and the median of the next
     ones. Run it in a fresh process (`in_fresh_process`): torch's kernel caches are per process."""
-    replica: Any = ImageModel.func_or_class  # type: ignore[attr-defined]
+    replica: Any = ImageModel
     original = replica._warm_up
     if not warm:  # a replica as it was before warm-up: load, then straight to the first request
         replica._warm_up = lambda self: None

@@ -17,7 +17,7 @@ from ray.serve import Application
 from deployments.args import MAX_REQUESTS, AppArgs
 from deployments.auth import KeyStore, RateLimiter
 from deployments.cards import model_card
-from deployments.image_model import ImageModel
+from deployments.image_model import ImageModelDeployment
 from deployments.ingress import Ingress
 from deployments.ray_env import check_body_limit
 from deployments.schemas import ModelCard
@@ -94,7 +94,7 @@ def build_app(args: dict[str, Any]) -> Application:
     app_args = _args(args)
     cards = _cards(app_args)
     handles = {
-        model.name: ImageModel.options(name=model.name, **MODEL_OPTIONS).bind(  # type: ignore[attr-defined]
+        model.name: ImageModelDeployment.options(name=model.name, **MODEL_OPTIONS).bind(  # type: ignore[attr-defined]
             model, app_args.limits, app_args.artifacts
         )
         for model in app_args.models
@@ -118,8 +118,6 @@ def build_model(args: dict[str, Any]) -> Application:
         raise ValueError("build_model needs one model and args.application (deployments.topology sets them)")
     (model,) = app_args.models
     _cards(app_args)  # the weights' name and pin, checked before the replica starts
-    deployment = ImageModel.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
-    app: Application = deployment.bind(
-        model, app_args.limits, app_args.artifacts, app_args.auth, app_args.application
-    )
+    deployment = ImageModelDeployment.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
+    app: Application = deployment.bind(model, app_args.limits, app_args.artifacts, app_args.auth, app_args.application)
     return app

@@ -80,10 +80,10 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-@serve.deployment  # options: deployments.app.MODEL_OPTIONS
-@serve.ingress()
 class ImageModel:
-    """Decode and preprocess each request, then run it through a dynamically batched forward."""
+    """Decode and preprocess each request, then run it through a dynamically batched forward.
+
+    A plain class (tests build it without Serve); ImageModelDeployment, below, is what Serve runs."""
 
     def __init__(
         self,
@@ -260,7 +260,9 @@ class ImageModel:
         if self._ongoing >= self._batch.max_requests:
             # Admission, in the API's JSON wherever the request came from (Serve's own limits are
             # set above this one: their answer would be plain text).
-            raise Overloaded(f"model {self._spec.name!r} is at capacity ({self._batch.max_requests} requests); retry later")
+            raise Overloaded(
+                f"model {self._spec.name!r} is at capacity ({self._batch.max_requests} requests); retry later"
+            )
         started = time.perf_counter()
         facts: dict[str, Any] = {"model": self._spec.name, "call": kind, "items": items}
         self._ongoing += 1
@@ -542,3 +544,8 @@ class ImageModel:
     def ready(self) -> bool:
         """True once the model is loaded (the constructor has returned)."""
         return True
+
+
+# The Serve deployment (options: deployments.app.MODEL_OPTIONS): the model, and the HTTP ingress of
+# its hot verb where it is its application's ingress (an ingress's app is built per replica).
+ImageModelDeployment = serve.deployment(serve.ingress()(ImageModel))

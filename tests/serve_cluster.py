@@ -16,6 +16,8 @@ from ray import serve
 from ray.serve._private import api as serve_api
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.topology import CATALOGUE_DEPLOYMENTS, expand_app, model_app_name
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "deployments" / "serve_config.yaml"
 MAIN_APP = "vision-maas"
@@ -25,6 +27,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def serve_app(app: str, deployment: str) -> str:
+    """The Serve application running `deployment` of the configured application `app`: a model's
+    deployment has its own (deployments.topology); the ingress and the rate limiter are the catalogue's."""
+    return app if deployment in CATALOGUE_DEPLOYMENTS else model_app_name(app, deployment)
 
 
 _handle_loop: asyncio.AbstractEventLoop | None = None
@@ -48,7 +56,7 @@ def call_deployment(app: str, deployment: str, method: str, *args: Any, timeout_
     """
 
     async def call() -> Any:
-        handle = serve.get_deployment_handle(deployment, app_name=app)
+        handle = serve.get_deployment_handle(deployment, app_name=serve_app(app, deployment))
         return await getattr(handle, method).remote(*args)
 
     return asyncio.run_coroutine_threadsafe(call(), _loop()).result(timeout_s)
@@ -66,22 +74,25 @@ class ServeCluster:
         self.apps: dict[str, dict[str, Any]] = {}
 
     def deploy(self, apps: dict[str, dict[str, Any]], timeout_s: float = 240.0) -> None:
-        """Deploy exactly `apps` (name -> application config) and wait until all are RUNNING."""
-        schema = ServeDeploySchema.model_validate({"applications": [dict(a, name=n) for n, a in apps.items()]})
+        """Deploy exactly `apps` (name -> application config, as a config authors it: expanded to
+        one application per model as `make serve` does) and wait until all are RUNNING."""
+        expanded = [one for name, app in apps.items() for one in expand_app(dict(app, name=name))]
+        schema = ServeDeploySchema.model_validate({"applications": expanded})
         self._client.deploy_apps(schema, _blocking=False)
         self.apps = copy.deepcopy(apps)
+        names = {app["name"] for app in expanded}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = serve.status().applications
-            states = {n: status[n].status if n in status else "MISSING" for n in apps}
+            states = {n: status[n].status if n in status else "MISSING" for n in names}
             if any(s == "DEPLOY_FAILED" for s in states.values()):
                 messages = {
                     n: [status[n].message] + [d.message for d in status[n].deployments.values() if d.message]
-                    for n in apps
+                    for n in names
                     if n in status
                 }
                 raise RuntimeError(f"deploy failed: {messages}")
-            if all(s == "RUNNING" for s in states.values()) and set(status) == set(apps):
+            if all(s == "RUNNING" for s in states.values()) and set(status) == names:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"applications not running after {timeout_s}s: {states}")
@@ -121,8 +132,7 @@ def default_app_config(only: tuple[str, ...] | None = None) -> dict[str, Any]:
         {
             "name": "resnet18",
             "ray_actor_options": {"num_cpus": 1},
-            "max_queued_requests": 64,
-            "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
+            "user_config": {"max_requests": 80, "max_batch_size": 4, "batch_wait_timeout_s": 0.01},
         }
     )
     if only is not None:

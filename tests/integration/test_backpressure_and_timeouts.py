@@ -37,9 +37,7 @@ def constrained(cluster: ServeCluster) -> Iterator[str]:
                 {
                     "name": "digits_cnn",
                     "ray_actor_options": {"num_cpus": 0.1},
-                    "max_ongoing_requests": 1,
-                    "max_queued_requests": 1,
-                    "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+                    "user_config": {"max_requests": 2, "max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                 },
             ),
             "patient": _app(
@@ -47,7 +45,6 @@ def constrained(cluster: ServeCluster) -> Iterator[str]:
                 {
                     "name": "digits_cnn",
                     "ray_actor_options": {"num_cpus": 0.1},
-                    "max_ongoing_requests": 1,
                     "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
                 },
             ),

@@ -26,6 +26,7 @@ from PIL import Image
 from maas import ApiError, RetryPolicy, VisionClient
 from tests.conftest import encode
 from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
+from tests.serve_cluster import serve_app
 
 pytestmark = pytest.mark.slow
 APP = "faults"
@@ -77,7 +78,7 @@ def run_load(
 
 def replica_pids(app: str, deployment: str) -> list[int]:
     """Pids of the replica processes of `deployment` in `app` (Ray names the process)."""
-    marker = f"ServeReplica:{app}:{deployment}"
+    marker = f"ServeReplica:{serve_app(app, deployment)}:{deployment}"
     pids = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -88,28 +89,22 @@ def replica_pids(app: str, deployment: str) -> list[int]:
     return pids
 
 
-def fault_app(
-    max_queued_requests: int = 2000, prefix: str = "/faults", ingress_slots: tuple[int, int] | None = None
-) -> dict[str, Any]:
-    """Two ingress replicas (as the chart runs them) and one model replica whose queue holds
-    requests while a killed replica is replaced, rather than shedding them. `ingress_slots`
-    bounds each ingress replica's (running, queued) requests as well."""
+def fault_app(max_requests: int = 2016, prefix: str = "/faults") -> dict[str, Any]:
+    """Two catalogue ingress replicas (as the chart runs them) and one model replica, which admits
+    `max_requests` at once (by default enough to hold requests while a killed replica is replaced,
+    rather than shedding them)."""
     app = default_app_config(only=CORE_MODELS)
     app["route_prefix"] = prefix
     app["args"]["models"] = [{"name": "digits_cnn"}]
     ingress: dict[str, Any] = {"name": "Ingress", "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.1}}
-    if ingress_slots is not None:
-        ingress["max_ongoing_requests"], ingress["max_queued_requests"] = ingress_slots
     app["deployments"] = [
         ingress,
         {
             "name": "digits_cnn",
             "ray_actor_options": {"num_cpus": 0.25},
-            "max_ongoing_requests": 16,
-            "max_queued_requests": max_queued_requests,
             "graceful_shutdown_wait_loop_s": 0.5,
             "graceful_shutdown_timeout_s": 20,
-            "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005},
+            "user_config": {"max_requests": max_requests, "max_batch_size": 8, "batch_wait_timeout_s": 0.005},
         },
     ]
     return app
@@ -244,12 +239,10 @@ def _closed_loop_throughput(send: Callable[[], str], seconds: float, workers: in
 
 def test_overload_beyond_the_queue_sheds_with_503_never_500_and_recovers(faults: tuple[ServeCluster, str]) -> None:
     cluster, base = faults
-    # Short queues, as a latency-bound service sets them: excess load is shed with 503. Both
-    # stages are bounded: which one saturates first depends on the machine (on 2 cores the
-    # ingress, reading 1.4 MB bodies, can be the slower stage, and an unbounded front door then
-    # holds every request for seconds while the model's queue never fills).
+    # A short admission limit, as a latency-bound service sets it: excess load is shed with 503,
+    # by the model's replica itself (it is the ingress of :predict), in the API's JSON.
     main = cluster.apps[MAIN_APP]
-    overload = fault_app(32, "/overload", ingress_slots=(32, 16))
+    overload = fault_app(48, "/overload")
     cluster.deploy({MAIN_APP: main, APP: fault_app(), "overload": overload})
     url = base.replace("/faults", "/overload")
     # A large image keeps each request busy for tens of milliseconds on this small model.
@@ -262,19 +255,24 @@ def test_overload_beyond_the_queue_sheds_with_503_never_500_and_recovers(faults:
             response = http.post(
                 f"{url}/v1/models/digits_cnn:predict", content=heavy, headers={"Content-Type": "image/png"}
             )
+            if response.status_code in (429, 503):
+                # Every overload answer is the API's JSON error, with Retry-After.
+                error = response.json()["error"]["code"]
+                assert error in ("overloaded", "rate_limited"), error
+                assert response.headers["Retry-After"], response.headers
             return "ok" if response.status_code == 200 else str(response.status_code)
         except httpx.HTTPError as exc:
             return type(exc).__name__
+        except (ValueError, KeyError, AssertionError):
+            return "not JSON: " + response.text[:80]
 
     try:
-        # Capacity at saturation: enough clients to fill the replica's 16 ongoing slots and part
-        # of its queue (32), so none is shed while measuring.
+        # Capacity at saturation: enough clients to keep the replica busy, fewer than it admits (48),
+        # so none is shed while measuring.
         capacity, _ = _closed_loop_throughput(send, 8, workers=32)
         assert capacity > 0
         # Overload by requests in flight, not by a rate (a rate the client cannot reach would not
-        # overload): 192 at once, where each of the 2 ingress replicas admits 32 running plus 16
-        # queued and the model holds 16 running plus 32 queued per ingress replica's router:
-        # whatever does not fit is shed.
+        # overload): 192 at once, where the model's replica admits 48: whatever does not fit is shed.
         goodput, counts = _closed_loop_throughput(send, 20, workers=192)
         time.sleep(5)
         recovered, after = _closed_loop_throughput(send, 8, workers=32)

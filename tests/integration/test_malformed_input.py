@@ -30,6 +30,7 @@ import pytest
 from PIL import Image
 
 from deployments.args import LimitsArgs
+from deployments.topology import model_app_name
 from models.images import ImageLimits
 from tests.conftest import encode
 from tests.integration.conftest import MAIN_APP
@@ -38,7 +39,7 @@ from tests.security.corpus import CorpusCase, generate, mutations
 MODEL = "digits_cnn"
 PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"
-REPLICA_TITLE = f"ServeReplica:{MAIN_APP}:{MODEL}"
+REPLICA_TITLE = f"ServeReplica:{model_app_name(MAIN_APP, MODEL)}:{MODEL}"
 REQUEST_TIMEOUT_S = LimitsArgs().request_timeout_s
 # Hostile bytes must be refused by the cheap checks (size, magic bytes, header), never by a decode
 # that runs until the per-image budget stops it: every answer comes sooner than that budget. The

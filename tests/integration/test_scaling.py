@@ -12,6 +12,7 @@ import pytest
 from ray import serve
 
 from tests.integration.conftest import CORE_MODELS, MAIN_APP, ServeCluster, default_app_config
+from tests.serve_cluster import serve_app
 
 
 def deployment_options(app: dict[str, Any], name: str) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def deployment_options(app: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def replicas(app: str, deployment: str) -> int:
-    status = serve.status().applications[app].deployments[deployment]
+    status = serve.status().applications[serve_app(app, deployment)].deployments[deployment]
     return int(status.replica_states.get("RUNNING", 0))
 
 

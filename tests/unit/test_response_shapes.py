@@ -18,7 +18,7 @@ from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
 from deployments.image_model import ImageModel
 from models.training.samples import write_samples
 
-Replica: Any = ImageModel.func_or_class  # type: ignore[attr-defined]
+Replica = ImageModel
 
 PREDICTION_OF_TASK: dict[str, type[BaseModel]] = {
     "classification": answers.ClassificationPrediction,

@@ -9,7 +9,7 @@ import pytest
 from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
 from deployments.image_model import ImageModel
 
-Replica: Any = ImageModel.func_or_class  # the class Serve wraps, built here without Serve
+Replica = ImageModel  # the class Serve wraps, built here without Serve
 
 
 @pytest.fixture
