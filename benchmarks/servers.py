@@ -23,13 +23,16 @@ import yaml
 from benchmarks.pipeline import weights_for
 from deployments.image_model import THREADS_ENV
 from deployments.ray_env import CLASSIC_ENV, ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
+from deployments.topology import expand
 
 REPO = Path(__file__).resolve().parents[1]
-# vision-maas as shipped (HAProxy + direct gRPC between replicas), without batching, and on
-# Ray Serve's default Python proxy and actor calls ("classic").
+# vision-maas as shipped (one application per model: HAProxy straight to the model's replica),
+# without batching, as one application (HAProxy -> ingress replica -> gRPC -> model replica, as
+# before deployments/topology.py), and on Ray Serve's default Python proxy and actor calls ("classic").
 SERVERS = (
     "vision-maas",
     "vision-maas-nobatch",
+    "vision-maas-twohop",
     "vision-maas-classic",
     "fastapi",
     "litserve",
@@ -66,9 +69,17 @@ def free_ports(count: int) -> list[int]:
 
 
 def vision_maas_config(
-    model: str, port: int, batching: dict[str, dict[str, Any]], num_cpus: float, threads: int, replicas: int = 1
+    model: str,
+    port: int,
+    batching: dict[str, dict[str, Any]],
+    num_cpus: float,
+    threads: int,
+    replicas: int = 1,
+    one_hop: bool = True,
 ) -> dict[str, Any]:
-    """A Serve config serving `model` once per entry of `batching` (served name -> user_config).
+    """A Serve config serving `model` once per entry of `batching` (served name -> user_config):
+    expanded to one application per model as `make serve` runs it, or with `one_hop` False the
+    one application of before (an ingress calling the models over handles).
 
     With several entries each replica gets a share of the CPUs but `threads` torch threads: they
     are measured one at a time, each then using the whole machine.
@@ -88,13 +99,11 @@ def vision_maas_config(
             {
                 "name": name,
                 "num_replicas": replicas,
-                "max_ongoing_requests": 256,
-                "max_queued_requests": 1024,
                 "ray_actor_options": actor,
-                "user_config": user_config,
+                "user_config": {"max_requests": 1024} | user_config,
             }
         )
-    return {
+    config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "127.0.0.1", "port": port, "keep_alive_timeout_s": 75},
         "logging_config": {"encoding": "TEXT", "log_level": "INFO"},
@@ -108,6 +117,7 @@ def vision_maas_config(
             }
         ],
     }
+    return expand(config) if one_hop else config
 
 
 def write_config(config: dict[str, Any]) -> Path:
@@ -136,7 +146,10 @@ def make_server(
     if name.startswith("vision-maas"):
         batch = 1 if name == "vision-maas-nobatch" else max_batch_size
         user_config = {"max_batch_size": batch, "batch_wait_timeout_s": wait_s}
-        config = write_config(vision_maas_config(model, port, {model: user_config}, threads, threads, replicas))
+        one_hop = name != "vision-maas-twohop"
+        config = write_config(
+            vision_maas_config(model, port, {model: user_config}, threads, threads, replicas, one_hop=one_hop)
+        )
         # Serve's per-host ports of its own: another cluster (`make serve`, the tests') may be running.
         env = (
             (CLASSIC_ENV if name == "vision-maas-classic" else THROUGHPUT_ENV)

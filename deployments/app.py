@@ -17,7 +17,7 @@ from ray.serve import Application
 from deployments.args import MAX_REQUESTS, AppArgs
 from deployments.auth import KeyStore, RateLimiter
 from deployments.cards import model_card
-from deployments.image_model import ImageModelDeployment
+from deployments.image_model import ImageModelDeployment, ImageModelIngress
 from deployments.ingress import Ingress
 from deployments.ray_env import check_body_limit
 from deployments.schemas import ModelCard
@@ -118,6 +118,6 @@ def build_model(args: dict[str, Any]) -> Application:
         raise ValueError("build_model needs one model and args.application (deployments.topology sets them)")
     (model,) = app_args.models
     _cards(app_args)  # the weights' name and pin, checked before the replica starts
-    deployment = ImageModelDeployment.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
+    deployment = ImageModelIngress.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
     app: Application = deployment.bind(model, app_args.limits, app_args.artifacts, app_args.auth, app_args.application)
     return app

@@ -546,6 +546,8 @@ class ImageModel:
         return True
 
 
-# The Serve deployment (options: deployments.app.MODEL_OPTIONS): the model, and the HTTP ingress of
-# its hot verb where it is its application's ingress (an ingress's app is built per replica).
-ImageModelDeployment = serve.deployment(serve.ingress()(ImageModel))
+# The Serve deployments (options: deployments.app.MODEL_OPTIONS). In its own application the model is
+# also the HTTP ingress of its hot verb (its app is built per replica); behind the catalogue's ingress
+# in one application (build_app) it is not: Serve allows one ingress with an ASGI app per application.
+ImageModelIngress = serve.deployment(serve.ingress()(ImageModel))
+ImageModelDeployment = serve.deployment(ImageModel)

@@ -161,7 +161,11 @@ def test_vision_maas_config_is_a_valid_serve_config_of_the_app() -> None:
     app = config["applications"][0]
     assert AppArgs.model_validate(app["args"]).models[0].weights == "random"
     several = vision_maas_config("digits_cnn", 8123, adaptive.settings("digits_cnn", [1, 8], 100.0, 0.005, 32), 0.3, 2)
-    deployments = {d["name"]: d for d in several["applications"][0]["deployments"]}
+    # One application per model, as make serve runs them (deployments.topology)
+    deployments = {d["name"]: d for a in several["applications"] for d in a.get("deployments", [])}
+    assert {a["route_prefix"] for a in several["applications"]} >= {"/v1/models/digits_cnn_b8:predict"}
+    before = vision_maas_config("resnet18", 8123, {"resnet18": {}}, 2, 2, one_hop=False)
+    assert [a["import_path"] for a in before["applications"]] == ["deployments.app:build_app"]
     assert deployments["digits_cnn_adaptive"]["user_config"]["target_p99_ms"] == 100.0
     assert (
         deployments["digits_cnn_b8"]["ray_actor_options"]["runtime_env"]["env_vars"]["VISION_MAAS_TORCH_THREADS"] == "2"
