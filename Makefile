@@ -59,7 +59,7 @@ BENCH_ARGS ?= --quick
 bench: $(STAMP) tools  ## the benchmark suite (quick by default; BENCH_ARGS= for every model and size); writes benchmarks/results/
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
-k8s: $(STAMP)  ## re-render k8s/rayservice.yaml from the chart (a test fails when it is stale)
+k8s: $(STAMP)  ## rewrite the chart's files/verbs.yaml from the registry, re-render k8s/rayservice.yaml (tests fail when stale)
 	$(BIN)/python k8s/render.py
 
 TRAINED := digits_cnn digits_detector digits_segmenter digits_dcgan digits_denoiser photo_denoiser moving_digits_lstm

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from deployments import topology
 from deployments.app import INGRESS_OPTIONS, MODEL_OPTIONS
 from deployments.args import AppArgs
 from tests.k8s.conftest import REPO, VALUE_SETS, by_kind, rayservice, render_module
@@ -61,32 +62,69 @@ def test_serve_config_parses_with_ray_and_app_args(rendered: list[dict[str, Any]
         AppArgs.model_validate(app.args)
 
 
+def _merged(values: dict[str, Any]) -> dict[str, Any]:
+    """The values a release uses: the chart's defaults with `values` over them."""
+    merged: dict[str, Any] = helm.Chart.load(render_module.CHART).merge_values(values)
+    return merged
+
+
+def test_serve_config_is_the_serve_values_expanded_as_topology_expands_them(
+    value_set: tuple[str, dict[str, Any]], rendered: list[dict[str, Any]]
+) -> None:
+    """The template's expansion and deployments.topology's are one: `make serve` and the cluster
+    run the same applications for the same config."""
+    assert serve_config(rayservice(rendered)) == topology.expand(_merged(value_set[1])["serve"])
+
+
+def test_every_model_gets_its_own_application_at_its_hot_verb(
+    value_set: tuple[str, dict[str, Any]], rendered: list[dict[str, Any]]
+) -> None:
+    (authored,) = _merged(value_set[1])["serve"]["applications"]
+    catalogue, *models = serve_config(rayservice(rendered))["applications"]
+    assert (catalogue["name"], catalogue["route_prefix"]) == (authored["name"], "/")
+    assert catalogue["import_path"] == topology.CATALOGUE
+    assert catalogue["args"]["models"] == authored["args"]["models"]
+    assert {d["name"] for d in catalogue["deployments"]} == {"Ingress"}
+    assert [app["args"]["models"] for app in models] == [[m] for m in authored["args"]["models"]]
+    for app in models:
+        (model,) = app["args"]["models"]
+        verb = "generate" if model["name"] == "digits_dcgan" else "predict"
+        assert app["name"] == f"{authored['name']}-{model['name']}"
+        assert app["route_prefix"] == f"/v1/models/{model['name']}:{verb}"
+        assert app["import_path"] == topology.MODEL
+        assert app["args"]["application"] == authored["name"]
+        assert [d["name"] for d in app["deployments"]] == [model["name"]]
+
+
 def test_default_chart_serves_what_the_default_serve_config_serves() -> None:
-    local = yaml.safe_load((REPO / "deployments" / "serve_config.yaml").read_text())
+    local = topology.expand(yaml.safe_load((REPO / "deployments" / "serve_config.yaml").read_text()))
     cluster = serve_config(rayservice(render_module.render()))
-    (local_app,) = local["applications"]
-    (cluster_app,) = cluster["applications"]
-    for key in ("name", "route_prefix", "import_path"):
-        assert cluster_app[key] == local_app[key], key
-    # Deliberate override: API keys are on in the cluster, off (explicitly) on a laptop.
-    cluster_args, local_args = dict(cluster_app["args"]), dict(local_app["args"])
-    assert cluster_args.pop("auth") == {"enabled": True, "keys_env": "VISION_MAAS_API_KEYS"}
-    assert local_args.pop("auth") == {"enabled": False}
-    assert cluster_args == local_args
-    local_deployments = {d["name"]: d for d in local_app["deployments"]}
-    cluster_deployments = {d["name"]: d for d in cluster_app["deployments"]}
-    assert set(cluster_deployments) == set(local_deployments)
-    for name, deployment in cluster_deployments.items():
-        assert deployment.get("user_config") == local_deployments[name].get("user_config"), name
-        # What each replica asks for, with the options a config leaves to the code's defaults.
-        default = INGRESS_OPTIONS if name == "Ingress" else MODEL_OPTIONS
-        cluster_actor = dict((default | deployment)["ray_actor_options"])
-        local_actor = dict((default | local_deployments[name])["ray_actor_options"])
-        # Deliberate override: the laptop's models share two cores; cluster replicas get at least as much.
-        assert cluster_actor.pop("num_cpus") >= local_actor.pop("num_cpus"), name
-        assert cluster_actor == local_actor, name
-        # Deliberate override: a cluster autoscales where the laptop runs fixed replicas.
-        assert "autoscaling_config" in deployment
+
+    def shape(config: dict[str, Any]) -> list[tuple[str, str, str]]:
+        return [(a["name"], a["route_prefix"], a["import_path"]) for a in config["applications"]]
+
+    assert shape(cluster) == shape(local)
+    for cluster_app, local_app in zip(cluster["applications"], local["applications"], strict=True):
+        app = cluster_app["name"]
+        # Deliberate override: API keys are on in the cluster, off (explicitly) on a laptop.
+        cluster_args, local_args = dict(cluster_app["args"]), dict(local_app["args"])
+        assert cluster_args.pop("auth") == {"enabled": True, "keys_env": "VISION_MAAS_API_KEYS"}, app
+        assert local_args.pop("auth") == {"enabled": False}, app
+        assert cluster_args == local_args, app
+        local_deployments = {d["name"]: d for d in local_app["deployments"]}
+        cluster_deployments = {d["name"]: d for d in cluster_app["deployments"]}
+        assert set(cluster_deployments) == set(local_deployments), app
+        for name, deployment in cluster_deployments.items():
+            assert deployment.get("user_config") == local_deployments[name].get("user_config"), name
+            # What each replica asks for, with the options a config leaves to the code's defaults.
+            default = INGRESS_OPTIONS if name == "Ingress" else MODEL_OPTIONS
+            cluster_actor = dict((default | deployment)["ray_actor_options"])
+            local_actor = dict((default | local_deployments[name])["ray_actor_options"])
+            # Deliberate override: the laptop's models share two cores; cluster replicas get at least as much.
+            assert cluster_actor.pop("num_cpus") >= local_actor.pop("num_cpus"), name
+            assert cluster_actor == local_actor, name
+            # Deliberate override: a cluster autoscales where the laptop runs fixed replicas.
+            assert "autoscaling_config" in deployment
     # Deliberate override: listen on every interface inside the pod.
     assert cluster["http_options"] == {"host": "0.0.0.0", "port": 8000, "keep_alive_timeout_s": 75}
 
@@ -167,8 +205,9 @@ def test_gpu_values_add_a_gpu_group_and_fractional_gpus() -> None:
     assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert spec["nodeSelector"]
     assert gpu["minReplicas"] == 0
-    deployments = serve_config(rayservice(docs))["applications"][0]["deployments"]
-    resnet = next(d for d in deployments if d["name"] == "resnet50")
+    apps = {a["name"]: a for a in serve_config(rayservice(docs))["applications"]}
+    (resnet,) = apps["vision-maas-resnet50"]["deployments"]
+    assert apps["vision-maas-resnet50"]["route_prefix"] == "/v1/models/resnet50:predict"
     assert resnet["ray_actor_options"]["num_gpus"] == 0.5
     assert resnet["autoscaling_config"]["target_ongoing_requests"] == 32
 
@@ -208,6 +247,77 @@ def test_values_schema_rejects_unknown_or_unsafe_values() -> None:
 
 def test_rendered_manifest_file_is_up_to_date() -> None:
     assert render_module.RENDERED.read_text() == render_module.render_text(), "run `make k8s` to re-render"
+
+
+def test_chart_verbs_file_is_the_registrys() -> None:
+    assert render_module.VERBS.read_text() == render_module.verbs_text(), "run `make k8s` to regenerate"
+
+
+# An authored application under another prefix serving a generator under another name, beside an
+# application the expansion leaves as it is.
+OTHER_SHAPES: dict[str, Any] = {
+    "serve": {
+        "applications": [
+            {
+                "name": "secured",
+                "route_prefix": "/secured",
+                "import_path": topology.AUTHORED,
+                "args": {"models": [{"name": "painter", "model": "digits_dcgan"}, {"name": "digits_cnn"}]},
+                "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}},
+                "external_scaler_enabled": False,
+                "logging_config": {"log_level": "DEBUG"},
+                "deployments": [
+                    {"name": "RateLimiter", "num_replicas": 2},
+                    {"name": "painter", "user_config": {"max_requests": 64}},
+                ],
+            },
+            {"name": "echo", "route_prefix": "/echo", "import_path": "echo:app", "args": {"greeting": "hi"}},
+        ]
+    }
+}
+
+
+def test_chart_expands_other_prefixes_registry_names_and_foreign_applications_like_topology() -> None:
+    config = serve_config(rayservice(render_module.render(OTHER_SHAPES)))
+    assert config == topology.expand(_merged(OTHER_SHAPES)["serve"])
+    routes = {a["name"]: a["route_prefix"] for a in config["applications"]}
+    assert routes == {
+        "secured": "/secured",
+        "secured-painter": "/secured/v1/models/painter:generate",
+        "secured-digits_cnn": "/secured/v1/models/digits_cnn:predict",
+        "echo": "/echo",
+    }
+
+
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        ({"name": "digits_cnn", "max_queued_requests": 512}, "max_queued_requests .*user_config.max_requests"),
+        ({"name": "digits_cnn", "max_ongoing_requests": 8}, "max_ongoing_requests .*user_config.max_requests"),
+        ({"name": "digits_cnnn"}, "digits_cnnn.* name no configured model"),
+    ],
+)
+def test_chart_refuses_what_topology_refuses(deployment: dict[str, Any], message: str) -> None:
+    serve = {
+        "applications": [
+            {
+                "name": "vision-maas",
+                "import_path": topology.AUTHORED,
+                "args": {"models": [{"name": "digits_cnn"}]},
+                "deployments": [deployment],
+            }
+        ]
+    }
+    with pytest.raises(ValueError, match=message):
+        topology.expand(serve)
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render_module.render({"serve": serve})
+
+
+def test_chart_refuses_a_model_the_registry_does_not_have() -> None:
+    serve = {"applications": [{"name": "a", "import_path": topology.AUTHORED, "args": {"models": [{"name": "nope"}]}}]}
+    with pytest.raises(helm.HelmRenderError, match='"nope" is not a registry model'):
+        render_module.render({"serve": serve})
 
 
 def test_notes_tell_how_to_reach_the_service() -> None:

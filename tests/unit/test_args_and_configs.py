@@ -1,7 +1,9 @@
-"""AppArgs validation and the shipped Serve config files."""
+"""AppArgs validation, the shipped Serve config files and their expansion (deployments/topology.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +11,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from ray.serve import Application
+from ray.serve._private.common import DeploymentID, EndpointInfo
+from ray.serve._private.proxy_router import ProxyRouter
 from ray.serve.schema import ServeDeploySchema
 
+from deployments import topology
 from deployments.app import INGRESS_OPTIONS, LIMITER_OPTIONS, MODEL_OPTIONS, build_app
 from deployments.args import AppArgs, BatchConfig, LimitsArgs
 
@@ -116,3 +121,132 @@ def test_shipped_configs_state_only_what_they_change(name: str, app: dict[str, A
     limits = LimitsArgs().model_dump()
     restated = {k: v for k, v in app.get("args", {}).get("limits", {}).items() if limits.get(k) == v}
     assert not restated, f"{name}: limits restate {restated}"
+
+
+def _shipped_serve_configs() -> list[tuple[str, dict[str, Any]]]:
+    """(file, Serve config) for every shipped config and every chart values file with a `serve` block."""
+    found = [(path.name, yaml.safe_load(path.read_text())) for path in CONFIGS]
+    for path in CHART_VALUES:
+        serve = (yaml.safe_load(path.read_text()) or {}).get("serve")
+        if serve is not None:
+            found.append((f"{path.parent.name}/{path.name}", serve))
+    return found
+
+
+def _verb(model: dict[str, Any]) -> str:
+    return "generate" if (model.get("model") or model["name"]) == "digits_dcgan" else "predict"
+
+
+@pytest.mark.parametrize(("name", "config"), _shipped_serve_configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_expanded_config_validates_with_serve_and_routes_only_hot_verbs(name: str, config: dict[str, Any]) -> None:
+    """What Serve runs (make serve, the chart) is a valid Serve config whose only route prefixes
+    are the catalogue's and each model's exact hot-verb path: never `%3A`, `:explain` or a bare
+    model path, which stay with the catalogue."""
+    expanded = ServeDeploySchema.model_validate(topology.expand(config))
+    routes = [app.route_prefix for app in expanded.applications]
+    assert len(set(routes)) == len(routes), name
+    expected = []
+    for authored in config["applications"]:
+        prefix = authored.get("route_prefix", "/")
+        expected += [prefix] + [
+            f"{prefix.rstrip('/')}/v1/models/{m['name']}:{_verb(m)}" for m in authored["args"]["models"]
+        ]
+    assert routes == expected, name
+    assert not [r for r in routes if "%" in r or r.endswith(":explain")], name
+    for app in expanded.applications:
+        args = AppArgs.model_validate(app.args)
+        assert args.application == config["applications"][0]["name"], app.name
+        if app.import_path == topology.MODEL:
+            (model,) = args.models
+            assert [d.name for d in app.deployments] in ([], [model.name]), app.name
+        for deployment in app.deployments:
+            if "user_config" in deployment.model_fields_set:
+                BatchConfig.model_validate(deployment.user_config)
+
+
+def _route(config: dict[str, Any], path: str) -> str | None:
+    """The application Serve's proxy sends `path` to: the longest route prefix at a `/` boundary
+    (HAProxy's per-application ACLs, `path_beg <prefix>/` or `path <prefix>`, match the same)."""
+    router = ProxyRouter(get_handle=lambda endpoint, info: None)  # routing only: no handles
+    router.update_routes(
+        {DeploymentID("ingress", a["name"]): EndpointInfo(route=a["route_prefix"]) for a in config["applications"]}
+    )
+    match = router.match_route(path)
+    return None if match is None else router.route_info[match[0]].app_name
+
+
+def test_only_a_models_exact_hot_verb_path_reaches_its_own_application() -> None:
+    config = topology.expand(yaml.safe_load(CONFIGS[-1].read_text()))
+    assert _route(config, "/v1/models/digits_cnn:predict") == "vision-maas-digits_cnn"
+    assert _route(config, "/v1/models/digits_dcgan:generate") == "vision-maas-digits_dcgan"
+    for path in (
+        "/v1/models/digits_cnn%3Apredict",
+        "/v1/models/digits_cnn%3apredict",
+        "/v1/models/digits_cnn:explain",
+        "/v1/models/digits_cnn:predictx",
+        "/v1/models/digits_cnn",
+        "/v1/models/digits_dcgan:predict",
+        "/v1/models",
+        "/v2/models/digits_cnn/infer",
+    ):
+        assert _route(config, path) == "vision-maas", path
+
+
+def _authored(prefix: str = "/", deployments: list[dict[str, Any]] | None = None, **args: Any) -> dict[str, Any]:
+    app = {
+        "name": "vision-maas",
+        "route_prefix": prefix,
+        "import_path": topology.AUTHORED,
+        "args": {"models": [{"name": "digits_cnn"}], **args},
+    }
+    if deployments is not None:
+        app["deployments"] = deployments
+    return {"applications": [app]}
+
+
+def test_expansion_under_a_prefix_serves_generators_at_generate() -> None:
+    config = _authored(
+        "/secured",
+        [{"name": "Ingress", "num_replicas": 2}, {"name": "painter", "user_config": {"max_requests": 64}}],
+        models=[{"name": "digits_cnn"}, {"name": "digits_dcgan"}, {"name": "painter", "model": "digits_dcgan"}],
+    )
+    catalogue, cnn, dcgan, painter = topology.expand(config)["applications"]
+    assert (catalogue["name"], catalogue["route_prefix"]) == ("vision-maas", "/secured")
+    assert catalogue["import_path"] == topology.CATALOGUE
+    assert catalogue["deployments"] == [{"name": "Ingress", "num_replicas": 2}]
+    assert cnn["route_prefix"] == "/secured/v1/models/digits_cnn:predict"
+    assert dcgan["route_prefix"] == "/secured/v1/models/digits_dcgan:generate"
+    assert painter["route_prefix"] == "/secured/v1/models/painter:generate"
+    assert (painter["name"], painter["import_path"]) == ("vision-maas-painter", topology.MODEL)
+    assert painter["args"] == {"models": [{"name": "painter", "model": "digits_dcgan"}], "application": "vision-maas"}
+    assert painter["deployments"] == [{"name": "painter", "user_config": {"max_requests": 64}}]
+    assert "deployments" not in cnn
+    # A trailing slash on the catalogue's prefix gives the same model routes.
+    (_, under_slash) = topology.expand(_authored("/secured/"))["applications"]
+    assert under_slash["route_prefix"] == cnn["route_prefix"]
+
+
+@pytest.mark.parametrize("limit", ["max_queued_requests", "max_ongoing_requests"])
+def test_expansion_refuses_serves_limits_on_a_model_naming_max_requests(limit: str) -> None:
+    with pytest.raises(ValueError, match=rf"'digits_cnn': {limit} .*user_config\.max_requests"):
+        topology.expand(_authored(deployments=[{"name": "digits_cnn", limit: 512}]))
+
+
+def test_expansion_refuses_a_deployment_entry_naming_no_model() -> None:
+    with pytest.raises(ValueError, match=r"\['digits_cnnn'\] name no configured model"):
+        topology.expand(_authored(deployments=[{"name": "Ingress"}, {"name": "digits_cnnn"}]))
+
+
+def test_topology_command_prints_the_expanded_config_or_writes_it(tmp_path: Path) -> None:
+    expected = topology.expand(yaml.safe_load(CONFIGS[-1].read_text()))
+    printed = subprocess.run(
+        [sys.executable, "-m", "deployments.topology", str(CONFIGS[-1])],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert yaml.safe_load(printed) == expected
+    out = tmp_path / "serve_config.yaml"
+    assert topology.main([str(CONFIGS[-1]), "-o", str(out)]) == 0
+    assert yaml.safe_load(out.read_text()) == expected

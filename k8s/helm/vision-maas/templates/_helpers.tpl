@@ -138,3 +138,69 @@ failureThreshold: 120
           volumeMounts:
             - {name: ray-tmp, mountPath: /tmp/ray}
 {{- end -}}
+
+{{/*
+The Serve config the RayService runs (serveConfigV2): `.Values.serve` with every application that
+lists its models (import_path deployments.app:build_app) expanded as deployments/topology.py
+expands a config: the catalogue application (same name and route prefix, its Ingress and
+RateLimiter entries), then one application per model, `<app>-<model>`, whose route prefix is the
+exact path of the model's hot verb. The verb is the registry's: files/verbs.yaml, written by
+`make k8s`. Other applications pass through. A test holds this to deployments.topology.expand.
+*/}}
+{{- define "vision-maas.serveConfig" -}}
+{{- $verbs := .Files.Get "files/verbs.yaml" | fromYaml -}}
+{{- $shared := list "runtime_env" "logging_config" "external_scaler_enabled" -}}
+{{- $catalogueDeployments := list "Ingress" "RateLimiter" -}}
+{{- $apps := list -}}
+{{- range $app := .Values.serve.applications -}}
+{{- if ne $app.import_path "deployments.app:build_app" -}}
+{{- $apps = append $apps (deepCopy $app) -}}
+{{- else -}}
+{{- $name := $app.name -}}
+{{- $prefix := "/" -}}
+{{- if hasKey $app "route_prefix" }}{{ $prefix = $app.route_prefix }}{{ end -}}
+{{- $args := deepCopy (default (dict) $app.args) -}}
+{{- $models := default (list) $args.models -}}
+{{- $entries := dict -}}
+{{- range $d := default (list) $app.deployments }}{{ $_ := set $entries $d.name (deepCopy $d) }}{{ end -}}
+{{- $names := list -}}
+{{- range $m := $models }}{{ $names = append $names $m.name }}{{ end -}}
+{{- $unknown := list -}}
+{{- range $entry, $_ := $entries -}}
+{{- if not (or (has $entry $names) (has $entry $catalogueDeployments)) }}{{ $unknown = append $unknown $entry }}{{ end -}}
+{{- end -}}
+{{- if $unknown -}}
+{{- fail (printf "application %q: deployments [%s] name no configured model" $name (join ", " $unknown)) -}}
+{{- end -}}
+{{- $common := dict -}}
+{{- range $key := $shared }}{{ if hasKey $app $key }}{{ $_ := set $common $key (deepCopy (get $app $key)) }}{{ end }}{{ end -}}
+{{- $catalogue := dict "name" $name "route_prefix" $prefix "import_path" "deployments.app:build_catalogue" -}}
+{{- $_ := set $catalogue "args" (set (deepCopy $args) "application" $name) -}}
+{{- range $key, $value := $common }}{{ $_ := set $catalogue $key (deepCopy $value) }}{{ end -}}
+{{- $kept := list -}}
+{{- range $d := $catalogueDeployments }}{{ if hasKey $entries $d }}{{ $kept = append $kept (get $entries $d) }}{{ end }}{{ end -}}
+{{- if $kept }}{{ $_ := set $catalogue "deployments" $kept }}{{ end -}}
+{{- $apps = append $apps $catalogue -}}
+{{- range $m := $models -}}
+{{- $entry := get $entries $m.name -}}
+{{- $refused := list -}}
+{{- range $key := list "max_ongoing_requests" "max_queued_requests" }}{{ if and $entry (hasKey $entry $key) }}{{ $refused = append $refused $key }}{{ end }}{{ end -}}
+{{- if $refused -}}
+{{- fail (printf "model %q: %s would answer overload in Serve's plain text; set user_config.max_requests instead (the replica answers 503 in the API's JSON)" $m.name (join ", " $refused)) -}}
+{{- end -}}
+{{- $registry := default $m.name $m.model -}}
+{{- if not (hasKey $verbs $registry) -}}
+{{- fail (printf "model %q: %q is not a registry model (files/verbs.yaml lists them)" $m.name $registry) -}}
+{{- end -}}
+{{- $route := printf "%s/v1/models/%s:%s" (regexReplaceAll "/+$" $prefix "") $m.name (get $verbs $registry) -}}
+{{- $one := dict "name" (printf "%s-%s" $name $m.name) "route_prefix" $route "import_path" "deployments.app:build_model" -}}
+{{- $modelArgs := set (deepCopy $args) "models" (list (deepCopy $m)) -}}
+{{- $_ := set $one "args" (set $modelArgs "application" $name) -}}
+{{- range $key, $value := $common }}{{ $_ := set $one $key (deepCopy $value) }}{{ end -}}
+{{- if hasKey $entries $m.name }}{{ $_ := set $one "deployments" (list $entry) }}{{ end -}}
+{{- $apps = append $apps $one -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (set (deepCopy .Values.serve) "applications" $apps) -}}
+{{- end -}}
