@@ -53,7 +53,7 @@ def model_app_name(app: str, model: str) -> str:
 
 def hot_verb(registry_model: str) -> str:
     """The verb a model's own application answers: `generate` for generators, else `predict`."""
-    from models.registry import Task, get_entry  # torch-free: the registry's entries only
+    from models.registry import Task, get_entry  # imported here: the module itself needs only yaml
 
     return "generate" if get_entry(registry_model).task == Task.GENERATION else "predict"
 
