@@ -163,6 +163,7 @@ def test_vision_maas_config_is_a_valid_serve_config_of_the_app() -> None:
     several = vision_maas_config("digits_cnn", 8123, adaptive.settings("digits_cnn", [1, 8], 100.0, 0.005, 32), 0.3, 2)
     deployments = {d["name"]: d for d in several["applications"][0]["deployments"]}
     assert deployments["digits_cnn_adaptive"]["user_config"]["target_p99_ms"] == 100.0
+    assert deployments["digits_cnn_b8"]["user_config"]["measure"] is False  # a fixed cap stays fixed
     assert (
         deployments["digits_cnn_b8"]["ray_actor_options"]["runtime_env"]["env_vars"]["VISION_MAAS_TORCH_THREADS"] == "2"
     )
