@@ -26,9 +26,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def settings(model: str, fixed: list[int], target_ms: float, wait_s: float, cap: int) -> dict[str, dict[str, Any]]:
-    """Served name -> user_config for every fixed cap and the adaptive controller."""
+    """Served name -> user_config for every fixed cap (not measured: the cap is n) and the adaptive
+    controller (under the replica's measured cap)."""
     out: dict[str, dict[str, Any]] = {
-        f"{model}_b{n}": {"max_batch_size": n, "batch_wait_timeout_s": wait_s} for n in fixed
+        f"{model}_b{n}": {"max_batch_size": n, "batch_wait_timeout_s": wait_s, "measure": False} for n in fixed
     }
     out[f"{model}_adaptive"] = {"max_batch_size": cap, "batch_wait_timeout_s": wait_s, "target_p99_ms": target_ms}
     return out

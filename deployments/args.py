@@ -43,8 +43,14 @@ class BatchConfig(_Strict):
     )
     warmup: bool = Field(
         True,
-        description="Run the model at batch 1 and at max_batch_size before the replica reports ready, so the "
+        description="Run the model at batch 1 and at its batch cap before the replica reports ready, so the "
         "first requests do not pay for the allocator and kernel setup.",
+    )
+    measure: bool = Field(
+        True,
+        description="With warmup: time the forward at batch 1, 2, 4, ... up to max_batch_size while warming up "
+        "and cap batches at the size past which larger ones stop gaining 15% items/s per doubling "
+        "(deployments/batching.py); false keeps max_batch_size as the cap.",
     )
 
 

@@ -1,26 +1,134 @@
-"""SLO-aware adaptive batching: tune a model's batch cap from live batch latency to hold a p99 target.
+"""Batch caps that buy throughput, not only latency: measured at warm-up, then (optionally) tuned live.
 
-The AIMD idea of Clipper (Crankshaw et al., NSDI 2017): grow the batch cap additively while
-batches fill up and finish well inside the latency budget; back off multiplicatively as soon
-as they do not. Ray Serve, Triton and LitServe take a fixed `max_batch_size` (Triton's
-`preferred_batch_size` and queue delay are fixed too); the best fixed value depends on the
-load and the hardware, which is what this controller finds at run time.
+A batch of b items makes each of them wait for all b, so a larger cap is worth it only where it
+buys throughput. At warm-up a replica times its forward at each batch size up to
+`max_batch_size` (`measure_throughput`) and keeps the smallest size past which the next ones
+stop gaining (`choose_batch_cap`): on a CPU where batches of 16 run barely faster per item than
+single items, that cap is 1 or 2, not 16.
 
-Pure Python (no Ray, no torch), so its behaviour is unit-tested on synthetic latencies.
+Live, an optional SLO controller moves the cap under that measured one. The AIMD idea of Clipper
+(Crankshaw et al., NSDI 2017): grow the batch cap additively while batches fill up and their
+items finish well inside the latency budget; back off multiplicatively as soon as they do not.
+Ray Serve, Triton and LitServe take a fixed `max_batch_size` (Triton's `preferred_batch_size`
+and queue delay are fixed too); the best fixed value depends on the load and the hardware,
+which is what the measurement and the controller find at run time.
+
+Pure Python (no Ray, no torch), so both are unit-tested on synthetic curves and latencies.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+
+# A batch twice as large must serve at least this much more items/s to be worth its latency.
+MIN_GAIN_PER_DOUBLING = 0.15
+# Timed rounds (one forward of each size per round) after each size's untimed run; each size's
+# median counts. Cheap models get more rounds, up to MEASURE_MAX_ROUNDS, while the rounds have
+# taken under MEASURE_MIN_TIMED_S in all.
+MEASURE_RUNS = 3
+MEASURE_MAX_ROUNDS = 15
+MEASURE_MIN_TIMED_S = 0.25
+# Sizes grow until one batch takes longer than this, or the next size would pass the budget.
+MEASURE_BATCH_LIMIT_S = 1.0
+MEASURE_BUDGET_S = 3.0
+
+
+def batch_sizes(max_batch_size: int) -> list[int]:
+    """The sizes measured for a cap: the powers of two below `max_batch_size`, and `max_batch_size`."""
+    sizes = []
+    size = 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch_size]
+
+
+def measure_throughput(
+    run: Callable[[int], object],
+    sizes: Sequence[int],
+    known: Mapping[int, float],
+    *,
+    runs: int = MEASURE_RUNS,
+    batch_limit_s: float = MEASURE_BATCH_LIMIT_S,
+    budget_s: float = MEASURE_BUDGET_S,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[int, float], str | None]:
+    """Items/s of `run(size)` (one forward of `size` items) at each size of `sizes` not in `known`.
+
+    Sizes are taken in increasing order, each with one untimed run, until a batch (that run, or a
+    known size's) took over `batch_limit_s`, or the next size, extrapolated from the last, would
+    take the whole measurement past `budget_s`. The new sizes are then timed in rounds of one run
+    each, so that a slow spell of a shared machine slows every size alike, not the one measured
+    then: `runs` rounds, more while cheap (see MEASURE_MIN_TIMED_S). A size whose untimed run alone
+    took over `batch_limit_s` keeps that run. Returns the new sizes' items/s and, when it stopped
+    before the largest size, why.
+    """
+    started = clock()
+    first: dict[int, float] = {}  # the new sizes' untimed runs (s)
+    stopped = None
+    last: tuple[int, float] | None = None  # the largest size so far and the seconds of one batch of it
+    for size in sorted(sizes):
+        if last is not None and last[1] > batch_limit_s:
+            stopped = f"stopped before batch {size}: batch {last[0]} took {last[1]:.2f}s"
+            break
+        if size in known:
+            last = (size, size / known[size])
+            continue
+        if last is not None:
+            owed = runs * sum(first.values())  # the timed rounds still to come for the sizes so far
+            if clock() - started + owed + (runs + 1) * last[1] * size / last[0] > budget_s:
+                stopped = f"stopped before batch {size}: it would pass the {budget_s:g}s budget"
+                break
+        first[size] = _timed(run, size, clock)
+        last = (size, first[size])
+    samples: dict[int, list[float]] = {size: [] for size, seconds in first.items() if seconds <= batch_limit_s}
+    rounds_started = clock()
+    rounds = 0
+    while samples and (
+        rounds < runs or (rounds < MEASURE_MAX_ROUNDS and clock() - rounds_started < MEASURE_MIN_TIMED_S)
+    ):
+        for size, timings in samples.items():
+            timings.append(_timed(run, size, clock))
+        rounds += 1
+    seconds = first | {size: statistics.median(timings) for size, timings in samples.items()}
+    return {size: size / max(value, 1e-9) for size, value in seconds.items()}, stopped
+
+
+def _timed(run: Callable[[int], object], size: int, clock: Callable[[], float]) -> float:
+    started = clock()
+    run(size)
+    return clock() - started
+
+
+def choose_batch_cap(items_per_s: Mapping[int, float], min_gain: float = MIN_GAIN_PER_DOUBLING) -> int:
+    """The smallest measured batch size past which larger batches stop paying for their latency.
+
+    That is the smallest size b that no larger measured size s beats by `min_gain` per doubling:
+    items/s(s) < items/s(b) x (1 + min_gain) ** log2(s / b). Looking at every larger size, not
+    only the next, lets a noisy dip on the way up not stop the climb when a real gain lies
+    beyond it. A flat curve gives 1, one that keeps gaining its largest size; an empty one 1.
+    """
+    sizes = sorted(items_per_s)
+    for index, size in enumerate(sizes):
+        bar = items_per_s[size]
+        if all(items_per_s[s] < bar * (1.0 + min_gain) ** math.log2(s / size) for s in sizes[index + 1 :]):
+            return size
+    return 1
 
 
 class SloBatchController:
     """Holds the p99 latency of items under `target_p99_ms` by choosing the batch cap.
 
-    An item waits at most for the batch ahead of it, then for its own: its latency is about
-    `wait + 2 x batch time` at worst, so the controller keeps the p99 batch time under
-    `(target - wait) / 2`, the budget of one batch.
+    An item's time in the replica's batch path is its queue wait (for its batch to fill, for the
+    batches ahead of it) plus its own batch's time; the controller holds the p99 of that sum, over
+    the items of recent batches, under `target - batch wait timeout`. The timeout is kept back
+    as margin for what the controller does not see: decoding and preprocessing before an item is
+    queued, postprocessing after. The cap never exceeds `max_batch_size` (the replica's measured
+    cap, where it measures one).
     """
 
     def __init__(
@@ -37,19 +145,22 @@ class SloBatchController:
             raise ValueError("target_p99_ms must be positive")
         self.target_p99_ms = target_p99_ms
         self.max_batch_size = max_batch_size
-        self.budget_ms = max((target_p99_ms - batch_wait_timeout_s * 1000.0) / 2.0, 0.0)
+        self.budget_ms = max(target_p99_ms - batch_wait_timeout_s * 1000.0, 0.0)
         self.cap = 1  # start small: the first batches measure the model's cost at low latency
-        self._window: deque[tuple[float, bool]] = deque(maxlen=window)  # (batch ms, reached the cap)
+        # Per batch: its items' latencies (queue wait + batch time, ms) and whether it reached the cap.
+        self._window: deque[tuple[list[float], bool]] = deque(maxlen=window)
         self._backoff = backoff
         self._headroom = headroom
 
     def _p99(self) -> float:
-        ordered = sorted(ms for ms, _ in self._window)
+        ordered = sorted(ms for latencies, _ in self._window for ms in latencies)
         return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
-    def observe(self, batch_size: int, batch_ms: float) -> int | None:
-        """Record one executed batch; the new cap when it changes, else None."""
-        self._window.append((batch_ms, batch_size >= self.cap))
+    def observe(self, batch_size: int, batch_ms: float, queue_wait_ms: Sequence[float]) -> int | None:
+        """Record one executed batch and its items' queue waits (ms, one per item); the new cap when
+        it changes, else None."""
+        latencies = [wait + batch_ms for wait in queue_wait_ms] or [batch_ms]
+        self._window.append((latencies, batch_size >= self.cap))
         # Decide on a few batches at the current cap, not on one noisy sample.
         if len(self._window) < min(8, self._window.maxlen or 8):
             return None

@@ -26,6 +26,7 @@ from PIL import Image
 from pydantic import BaseModel
 from ray import serve
 
+import deployments.batching as batching
 from contract.answers import ExplainResponse, GenerateResponse, PredictResponse
 from contract.params import MAX_SEED, PARAMS_BY_TASK, ExplainParams
 from contract.tasks import IMAGE_TASKS
@@ -126,6 +127,10 @@ class ImageModel:
         self._batch = _DEFAULT_BATCH
         self._controller: SloBatchController | None = None
         self._warmed: set[int] = set()
+        # Forward items/s by batch size, the max_batch_size values measured for, and the cap they give.
+        self._items_per_s: dict[int, float] = {}
+        self._measured_for: set[int] = set()
+        self._measured_cap: int | None = None
         self._warmup_seconds = 0.0
         self._batch_counts: Counter[int] = Counter()
         self._batch_seconds: defaultdict[int, float] = defaultdict(float)
@@ -158,41 +163,92 @@ class ImageModel:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""
         self._batch = BatchConfig.model_validate(user_config or {})
-        self._controller = (
-            None
-            if self._batch.target_p99_ms is None
-            else SloBatchController(
-                self._batch.target_p99_ms, self._batch.max_batch_size, self._batch.batch_wait_timeout_s
-            )
-        )
-        cap = self._batch.max_batch_size if self._controller is None else self._controller.cap
         # serve.batch adds these setters to the method; Ray's decorator is untyped.
-        self._forward_batch.set_max_batch_size(cap)  # type: ignore[attr-defined]
         self._forward_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._warm_up()
 
     def _warm_up(self) -> None:
         """Run a request's whole path once, and the forward at batch 1 and at the batch cap, before
-        the replica is ready.
+        the replica is ready; measure the forward's items/s by batch size to choose that cap.
 
         Serve marks a replica ready when its constructor and reconfigure have returned; without this
         the first requests would pay for memory allocation and kernel setup (oneDNN primitives,
         ONNX Runtime's first run, CUDA's lazy init) and for the decoder's and pre- and
-        postprocessing's first calls. Batch sizes already run are not run again.
+        postprocessing's first calls. Batch sizes already run are not run again, and a
+        max_batch_size already measured is not measured again. Without warm-up or measurement
+        the cap is max_batch_size.
         """
-        sizes = {1, self._batch.max_batch_size} - self._warmed
-        if not self._batch.warmup or not sizes:
-            return
-        started = time.perf_counter()
-        example, originals = self._warm_input()
-        for size in sorted(sizes):
-            outputs = self._forward([example] * size)
-            self._warmed.add(size)
-        task_params = PARAMS_BY_TASK.get(self._spec.task)
-        self._postprocess(outputs[:1], originals, task_params() if task_params is not None else None)
-        elapsed = time.perf_counter() - started
-        self._warmup_seconds += elapsed
-        logger.info("model %s warmed up at batch sizes %s in %.2fs", self._spec.name, sorted(sizes), elapsed)
+        batch = self._batch
+        measure = batch.warmup and batch.measure
+        sizes = ({1} if measure else {1, batch.max_batch_size}) - self._warmed
+        remeasure = measure and batch.max_batch_size not in self._measured_for
+        stopped = None
+        if batch.warmup and (sizes or remeasure):
+            started = time.perf_counter()
+            example, originals = self._warm_input()
+            if sizes:
+                for size in sorted(sizes):
+                    outputs = self._forward([example] * size)
+                    self._warmed.add(size)
+                task_params = PARAMS_BY_TASK.get(self._spec.task)
+                self._postprocess(outputs[:1], originals, task_params() if task_params is not None else None)
+            if remeasure:
+                stopped = self._measure(example)
+            elapsed = time.perf_counter() - started
+            self._warmup_seconds += elapsed
+            logger.info("model %s warmed up at batch sizes %s in %.2fs", self._spec.name, sorted(self._warmed), elapsed)
+        self._measured_cap = batching.choose_batch_cap(self._curve()) if measure else None
+        if remeasure:
+            logger.info(
+                "model %s: batch cap %d of max_batch_size %d; forward items/s by batch size %s%s",
+                self._spec.name,
+                self._measured_cap,
+                batch.max_batch_size,
+                self._curve_facts(),
+                f" ({stopped})" if stopped else "",
+            )
+        self._apply_cap()
+
+    def _measure(self, example: torch.Tensor) -> str | None:
+        """Time the forward at the sizes up to max_batch_size not timed yet; why it stopped early, if it did.
+
+        On the forward thread, where batches run: a live reconfigure's measurement never runs beside
+        a batch, and it times the forward as batches will run it.
+        """
+        new, stopped = self._executor.submit(
+            batching.measure_throughput,
+            lambda size: self._forward([example] * size),
+            batching.batch_sizes(self._batch.max_batch_size),
+            self._items_per_s,
+        ).result()
+        self._items_per_s.update(new)
+        self._warmed.update(new)
+        self._measured_for.add(self._batch.max_batch_size)
+        return stopped
+
+    def _curve(self) -> dict[int, float]:
+        """The measured items/s of the batch sizes that count for the current max_batch_size."""
+        return {
+            size: self._items_per_s[size]
+            for size in batching.batch_sizes(self._batch.max_batch_size)
+            if size in self._items_per_s
+        }
+
+    def _curve_facts(self) -> dict[str, float]:
+        """The curve as the catalogue and the log show it: items/s (rounded) by batch size."""
+        return {str(size): round(rate, 1) for size, rate in self._curve().items()}
+
+    def _apply_cap(self) -> None:
+        """serve.batch's cap: the measured one, else max_batch_size; with a p99 target, the SLO
+        controller's, which starts at 1 and stays under that cap."""
+        batch = self._batch
+        cap = batch.max_batch_size if self._measured_cap is None else self._measured_cap
+        self._controller = (
+            None
+            if batch.target_p99_ms is None
+            else SloBatchController(batch.target_p99_ms, cap, batch.batch_wait_timeout_s)
+        )
+        self._forward_batch.set_max_batch_size(cap if self._controller is None else self._controller.cap)  # type: ignore[attr-defined]
 
     def _warm_input(self) -> tuple[torch.Tensor, list[tuple[int, int] | None]]:
         """One input made as a request's is, and its original's size: a noise picture of the model's input
@@ -226,20 +282,28 @@ class ImageModel:
     @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         loop = asyncio.get_running_loop()
-        results, batch_ms = await loop.run_in_executor(self._executor, self._run, items)
+        waits: list[float] = []
+        results, batch_ms = await loop.run_in_executor(self._executor, self._run, items, waits)
         if self._controller is not None:
-            cap = self._controller.observe(len(items), batch_ms)
+            cap = self._controller.observe(len(items), batch_ms, waits)
             if cap is not None:
                 # On the event loop, where serve.batch reads the cap for the next batch.
                 self._forward_batch.set_max_batch_size(cap)  # type: ignore[attr-defined]
                 logger.info("model %s: adaptive batch cap now %d", self._spec.name, cap)
         return results
 
-    def _run(self, items: list[tuple[torch.Tensor, float]]) -> tuple[list[tuple[Any, int]], float]:
-        """One batched forward pass: each item's output with the size of the batch it ran in, and its ms."""
+    def _run(
+        self, items: list[tuple[torch.Tensor, float]], waits: list[float] | None = None
+    ) -> tuple[list[tuple[Any, int]], float]:
+        """One batched forward pass: each item's output with the size of the batch it ran in, and its ms.
+
+        Each item's queue wait (ms) is also appended to `waits` when given."""
         started = time.perf_counter()
         for _, enqueued in items:
-            self._metrics.queue_wait.observe((started - enqueued) * 1000.0)
+            wait_ms = (started - enqueued) * 1000.0
+            self._metrics.queue_wait.observe(wait_ms)
+            if waits is not None:
+                waits.append(wait_ms)
         outputs = self._forward([x for x, _ in items])
         seconds = time.perf_counter() - started
         size = len(items)
@@ -521,14 +585,22 @@ class ImageModel:
             },
             "model_version": spec.weights.version,
             "outputs": [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in spec.outputs],
-            "batching": self._batch.model_dump(exclude_none=True)
-            | ({} if self._controller is None else {"adaptive_cap": self._controller.cap}),
+            "batching": self._batch.model_dump(exclude_none=True) | self._cap_facts(),
             "device": str(self._device),
             "threads": self._threads,
             "backend": self._backend,
             "load_seconds": round(self._load_seconds, 3),
             "started_at": round(self._started_at, 3),
         }
+
+    def _cap_facts(self) -> dict[str, Any]:
+        """The live caps: the measured one with its curve (items/s by batch size), the adaptive one."""
+        facts: dict[str, Any] = {}
+        if self._measured_cap is not None:
+            facts |= {"measured_cap": self._measured_cap, "items_per_s": self._curve_facts()}
+        if self._controller is not None:
+            facts["adaptive_cap"] = self._controller.cap
+        return facts
 
     def stats(self) -> dict[str, Any]:
         """Batches executed by this replica, by batch size (Triton statistics extension shape)."""

@@ -113,12 +113,13 @@ def default_app_config(only: tuple[str, ...] | None = None) -> dict[str, Any]:
     # As on the cluster (the chart's values): JSON logs, which the observability tests parse.
     app["logging_config"] = {"encoding": "JSON", "log_level": "INFO"}
     # A 2-core CI machine: small CPU shares so every replica schedules; batching as shipped,
-    # except digits_cnn, whose longer wait lets the batching tests fill batches.
+    # except digits_cnn, whose longer wait and fixed cap (not measured) let the batching tests fill
+    # batches of up to 16.
     overrides: dict[str, dict[str, Any]] = {
         "Ingress": {"ray_actor_options": {"num_cpus": 0.25}},
         "digits_cnn": {
             "ray_actor_options": {"num_cpus": 0.5},
-            "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
+            "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "measure": False},
         },
     }
     app["deployments"] = [

@@ -167,6 +167,7 @@ def test_vision_maas_config_is_a_valid_serve_config_of_the_app() -> None:
     before = vision_maas_config("resnet18", 8123, {"resnet18": {}}, 2, 2, one_hop=False)
     assert [a["import_path"] for a in before["applications"]] == ["deployments.app:build_app"]
     assert deployments["digits_cnn_adaptive"]["user_config"]["target_p99_ms"] == 100.0
+    assert deployments["digits_cnn_b8"]["user_config"]["measure"] is False  # a fixed cap stays fixed
     assert (
         deployments["digits_cnn_b8"]["ray_actor_options"]["runtime_env"]["env_vars"]["VISION_MAAS_TORCH_THREADS"] == "2"
     )

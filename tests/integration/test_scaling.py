@@ -39,7 +39,11 @@ def test_reconfigure_changes_batch_size_live_without_restarting_the_replica(
     before = client.get("/v1/models/digits_cnn").json()
     assert before["batching"]["max_batch_size"] == 16
     app = copy.deepcopy(cluster.apps[MAIN_APP])
-    deployment_options(app, "digits_cnn")["user_config"] = {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}
+    deployment_options(app, "digits_cnn")["user_config"] = {
+        "max_batch_size": 2,
+        "batch_wait_timeout_s": 0.05,
+        "measure": False,
+    }
     try:
         cluster.deploy({MAIN_APP: app})
         wait_for(

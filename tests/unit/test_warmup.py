@@ -1,4 +1,5 @@
-"""A model replica runs its forward at batch 1 and at its batch cap before it reports ready."""
+"""A model replica runs its forward at batch 1 and at its batch cap before it reports ready, and measures
+the forward's items/s by batch size to choose that cap."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import pytest
 
 from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs
+from deployments.batching import MEASURE_RUNS, choose_batch_cap
 from deployments.image_model import ImageModel
 
 Replica = ImageModel  # the class Serve wraps, built here without Serve
@@ -31,6 +33,12 @@ def replica(name: str, **model: Any) -> Any:
     return Replica(ModelArgs(name=name, **model), LimitsArgs(), ArtifactsArgs())
 
 
+def live_cap(built: Any) -> int:
+    """The cap serve.batch applies to the replica's next batch."""
+    cap: int = built._forward_batch._get_max_batch_size()
+    return cap
+
+
 @pytest.mark.parametrize(
     ("name", "model"),
     [
@@ -46,21 +54,57 @@ def replica(name: str, **model: Any) -> Any:
         ("mobilenet_v3_small", {"weights": "random", "backend": "int8"}),
     ],
 )
-def test_every_task_runs_its_forward_at_batch_1_and_the_default_cap_while_starting(
+def test_every_task_runs_its_forward_at_batch_1_and_at_its_cap_while_starting(
     forwards: list[int], name: str, model: dict[str, Any]
 ) -> None:
     built = replica(name, **model)
-    assert forwards == [1, 8]
+    batching = built.metadata()["batching"]
+    # Batch 1, then each size measured in increasing order (the time budget may stop it before 8).
+    assert forwards[0] == 1
+    assert list(dict.fromkeys(forwards)) == [int(size) for size in batching["items_per_s"]]
+    assert set(forwards) <= {1, 2, 4, 8}
+    assert batching["measured_cap"] in forwards
+    assert live_cap(built) == batching["measured_cap"]
     # Warm-up is not traffic: the replica's statistics start empty.
     assert built.stats()["execution_count"] == 0
 
 
-def test_a_new_cap_is_warmed_once_and_a_known_one_not_again(forwards: list[int]) -> None:
+def test_a_digits_replica_reports_its_measured_cap_and_curve() -> None:
+    built = replica("digits_cnn")
+    batching = built.metadata()["batching"]
+    curve = {int(size): rate for size, rate in batching["items_per_s"].items()}
+    assert sorted(curve) == [1, 2, 4, 8]  # a forward of a few ms: far inside the time budget
+    assert all(rate > 0 for rate in curve.values())
+    assert batching["measured_cap"] == choose_batch_cap(curve)
+    # With a p99 target the controller starts at 1 and never goes past the measured cap.
+    built.reconfigure({"target_p99_ms": 100.0})
+    assert built.metadata()["batching"]["adaptive_cap"] == 1
+    assert built._controller.max_batch_size == batching["measured_cap"]
+
+
+def test_a_new_max_batch_size_is_measured_once_and_a_known_one_not_again(forwards: list[int]) -> None:
     built = replica("digits_cnn")
     built.reconfigure({"max_batch_size": 16})
+    measured = len(forwards)
     built.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.01})
     built.reconfigure({"max_batch_size": 8})
-    assert forwards == [1, 8, 16]
+    assert len(forwards) == measured
+    assert list(dict.fromkeys(forwards)) == [1, 2, 4, 8, 16]
+    # For 16 the sizes known from the start are not run again: 16 alone, its untimed run and its timed rounds.
+    after = forwards[forwards.index(16) :]
+    assert set(after) == {16}
+    assert len(after) >= 1 + MEASURE_RUNS
+    assert set(built.metadata()["batching"]["items_per_s"]) == {"1", "2", "4", "8"}
+
+
+def test_without_measuring_the_cap_is_max_batch_size_warmed_once(forwards: list[int]) -> None:
+    built = replica("digits_cnn")
+    forwards.clear()
+    built.reconfigure({"max_batch_size": 32, "measure": False})
+    built.reconfigure({"max_batch_size": 32, "measure": False, "batch_wait_timeout_s": 0.01})
+    assert forwards == [32]
+    assert live_cap(built) == 32
+    assert "measured_cap" not in built.metadata()["batching"]
 
 
 def test_warmup_can_be_turned_off_in_the_user_config(forwards: list[int]) -> None:
@@ -68,6 +112,9 @@ def test_warmup_can_be_turned_off_in_the_user_config(forwards: list[int]) -> Non
     forwards.clear()
     built.reconfigure({"max_batch_size": 32, "warmup": False})
     assert forwards == []
+    # Nothing measured: the configured cap, as is.
+    assert live_cap(built) == 32
+    assert "measured_cap" not in built.metadata()["batching"]
 
 
 def test_the_replica_answers_serves_health_check_without_running_the_model(forwards: list[int]) -> None:
