@@ -3,8 +3,9 @@
 Keys are stored only as sha256 hashes (they are random 256-bit tokens, not passwords, so a
 fast hash is the right tool), loaded from a YAML/JSON file or an environment variable (a
 Kubernetes Secret). Each tenant lists the models it may use, a token-bucket rate limit and
-a request quota per window. Limits are kept by one RateLimiter deployment that every
-ingress replica asks, so they hold however many ingress replicas run.
+a request quota per window. Limits are counted by one RateLimiter deployment, so they hold
+however many ingress replicas run; each replica leases a tenant's requests from it a few at a
+time (deployments.leases, which states what that costs in precision).
 
     python -m deployments.auth new-key --tenant acme --models digits_cnn --rate 10 --burst 20
 """
@@ -166,6 +167,32 @@ class Decision:
         return headers
 
 
+# How long a lease's requests stay usable; a lease of a quota ends no later than its window.
+LEASE_TTL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Up to `want` requests taken at once (deployments.leases), and the figures after the grant.
+
+    `granted` requests stay usable for `ttl_s` seconds, counted from when the lease was asked
+    for; `window` is the quota window they were counted in (0 without a quota). `limit`,
+    `remaining` and `reset_s` are the X-RateLimit-* figures of the tightest limit after the
+    grant; `wait_s` is how long until one more request could be granted (0.0: now)."""
+
+    granted: int
+    ttl_s: float
+    window: int
+    limit: int
+    remaining: int
+    reset_s: int
+    wait_s: float
+
+    def decision(self) -> Decision:
+        """The verdict on one request: allowed when anything was granted."""
+        return Decision(self.granted > 0, self.limit, self.remaining, self.reset_s, max(1, math.ceil(self.wait_s)))
+
+
 class Limits:
     """Token buckets and quota windows per tenant, in one process (the RateLimiter replica)."""
 
@@ -174,37 +201,68 @@ class Limits:
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, last refill)
         self._windows: dict[str, tuple[int, int]] = {}  # tenant -> (window index, used)
 
+    def _tokens(self, tenant: str, rate: RateLimitArgs, now: float) -> float:
+        tokens, last = self._buckets.get(tenant, (float(rate.burst), now))
+        return min(float(rate.burst), tokens + (now - last) * rate.requests_per_second)
+
+    def _used(self, tenant: str, quota: QuotaArgs, now: float) -> tuple[int, int]:
+        window = int(now // quota.window_s)
+        start, used = self._windows.get(tenant, (window, 0))
+        return window, used if start == window else 0
+
     def acquire(self, tenant: str, rate: RateLimitArgs | None, quota: QuotaArgs | None) -> Decision:
         """Take one request from the tenant's quota and bucket, or refuse and say when to retry."""
+        return self.lease(tenant, rate, quota, 1).decision()
+
+    def lease(self, tenant: str, rate: RateLimitArgs | None, quota: QuotaArgs | None, want: int) -> Lease:
+        """Take up to `want` requests from the tenant's quota and bucket at once, as `want` calls
+        of acquire would: fewer (possibly none) when fewer are left. Granting none costs nothing."""
+        if want < 1:
+            raise ValueError(f"a lease is of at least 1 request, not {want}")
         now = self._clock()
-        decisions: list[Decision] = []
+        granted = want
         window = used = 0
+        tokens = end = 0.0
         if quota is not None:
-            window = int(now // quota.window_s)
-            start, used = self._windows.get(tenant, (window, 0))
-            used = used if start == window else 0
-            reset = math.ceil((window + 1) * quota.window_s - now)
-            ok = used < quota.requests
-            decisions.append(Decision(ok, quota.requests, max(0, quota.requests - used - 1), reset, max(1, reset)))
-        tokens = 0.0
+            window, used = self._used(tenant, quota, now)
+            end = (window + 1) * quota.window_s
+            granted = min(granted, quota.requests - used)
         if rate is not None:
-            tokens, last = self._buckets.get(tenant, (float(rate.burst), now))
-            tokens = min(float(rate.burst), tokens + (now - last) * rate.requests_per_second)
-            ok = tokens >= 1.0
-            left = tokens - 1.0 if ok else tokens
-            refill = math.ceil((rate.burst - left) / rate.requests_per_second)
-            retry = max(1, math.ceil((1.0 - tokens) / rate.requests_per_second))
-            decisions.append(Decision(ok, rate.burst, max(0, int(left)), refill, retry))
-        allowed = all(d.allowed for d in decisions)
-        # Commit only when every limit allows: a refused request costs the tenant nothing.
-        if quota is not None and allowed:
-            self._windows[tenant] = (window, used + 1)
+            tokens = self._tokens(tenant, rate, now)
+            granted = min(granted, int(tokens))
+        granted = max(0, granted)
+        # Each limit's (limit, remaining, reset, wait for the next request) after the grant.
+        figures: list[tuple[int, int, int, float]] = []
+        if quota is not None:
+            left = quota.requests - used - granted
+            figures.append((quota.requests, max(0, left), math.ceil(end - now), end - now if left <= 0 else 0.0))
         if rate is not None:
-            self._buckets[tenant] = (tokens - 1.0 if allowed else tokens, now)
-        refused = [d for d in decisions if not d.allowed]
-        if refused:
-            return max(refused, key=lambda d: d.retry_after_s)
-        return min(decisions, key=lambda d: d.remaining, default=Decision(True, 0, 0, 0, 0))
+            after = tokens - granted
+            refill = math.ceil((rate.burst - after) / rate.requests_per_second)
+            wait = (1.0 - after) / rate.requests_per_second if after < 1.0 else 0.0
+            figures.append((rate.burst, max(0, int(after)), refill, wait))
+            self._buckets[tenant] = (after, now)
+        if quota is not None and granted:
+            self._windows[tenant] = (window, used + granted)
+        if granted:
+            limit, remaining, reset, wait = min(figures, key=lambda f: f[1], default=(0, 0, 0, 0.0))
+        else:  # the limit that frees up last says when to retry
+            limit, remaining, reset, wait = max(figures, key=lambda f: f[3])
+        ttl = LEASE_TTL_S if quota is None else min(LEASE_TTL_S, end - now)
+        return Lease(granted, ttl, window, limit, remaining, reset, wait)
+
+    def give_back(
+        self, tenant: str, unused: int, rate: RateLimitArgs | None, quota: QuotaArgs | None, window: int
+    ) -> None:
+        """Return `unused` leased requests: to the quota while `window` (the lease's) is still the
+        current one, and to the bucket (never above its burst)."""
+        now = self._clock()
+        if quota is not None:
+            current, used = self._used(tenant, quota, now)
+            if current == window:
+                self._windows[tenant] = (window, max(0, used - unused))
+        if rate is not None:
+            self._buckets[tenant] = (min(float(rate.burst), self._tokens(tenant, rate, now) + unused), now)
 
 
 @serve.deployment  # options: deployments.app.LIMITER_OPTIONS
@@ -217,6 +275,16 @@ class RateLimiter:
     def acquire(self, tenant: str, rate: RateLimitArgs | None, quota: QuotaArgs | None) -> Decision:
         """Count one request of `tenant`."""
         return self._limits.acquire(tenant, rate, quota)
+
+    def lease(self, tenant: str, rate: RateLimitArgs | None, quota: QuotaArgs | None, want: int) -> Lease:
+        """Grant up to `want` requests of `tenant` at once (a gateway's LeaseCache asks)."""
+        return self._limits.lease(tenant, rate, quota, want)
+
+    def give_back(
+        self, tenant: str, unused: int, rate: RateLimitArgs | None, quota: QuotaArgs | None, window: int
+    ) -> None:
+        """Return leased requests of `tenant` that expired unused."""
+        self._limits.give_back(tenant, unused, rate, quota, window)
 
 
 def main(argv: list[str]) -> int:

@@ -35,6 +35,7 @@ from deployments.errors import (
     Unavailable,
     as_serving_error,
 )
+from deployments.leases import LeaseCache
 from deployments.schemas import ModelCard
 from models.images import ImageError, ImageLimits, decode_image
 
@@ -107,6 +108,8 @@ class Gateway:
         self.cards = cards
         self.limits = limits
         self._limiter = limiter
+        # Rate limits and quotas are counted by the limiter, leased a few requests at a time.
+        self._leases = None if self._limiter is None else LeaseCache.over(self._limiter)
         self._metrics_url: str | None = None
         # Keys are read here, in the replica, from a file or the environment: they never
         # travel through Ray's object store.
@@ -139,13 +142,10 @@ class Gateway:
             )
         if model is not None and not tenant.may_use(model):
             raise Forbidden(f"this API key may not use model {model!r}")
-        if self._limiter is None or (tenant.rate_limit is None and tenant.quota is None):
+        if self._leases is None or (tenant.rate_limit is None and tenant.quota is None):
             return tenant, {}
-        try:
-            decision = await self._limiter.acquire.remote(tenant.name, tenant.rate_limit, tenant.quota)
-        except Exception:
-            logger.exception("rate limiter unavailable")
-            raise Overloaded("rate limiting is unavailable; retry later") from None
+        # Admitted from this gateway's leased requests; 503 Overloaded when the limiter is unreachable.
+        decision = await self._leases.admit(tenant)
         if not decision.allowed:
             raise TooManyRequests(f"tenant {tenant.name!r} is over its rate limit or quota", headers=decision.headers())
         return tenant, decision.headers()

@@ -21,7 +21,7 @@ from contract.answers import ClassificationPrediction, GenerateResponse, Predict
 from contract.errors import ERROR_CODE_HEADER
 from contract.params import ClassificationParams
 from deployments.args import AuthArgs, LimitsArgs
-from deployments.auth import Decision, hash_key
+from deployments.auth import Lease, hash_key
 from deployments.errors import InvalidImage
 from deployments.gateway import Gateway
 from deployments.ingress import Ingress
@@ -98,13 +98,17 @@ def card(name: str, task: str) -> ModelCard:
 
 
 class Limiter:
-    """The RateLimiter deployment's handle, refusing every request."""
+    """The RateLimiter deployment's handle, refusing every lease."""
 
     def __init__(self) -> None:
-        self.acquire = types.SimpleNamespace(remote=self._acquire)
+        self.lease = types.SimpleNamespace(remote=self._lease)
+        self.give_back = types.SimpleNamespace(remote=self._give_back)
 
-    async def _acquire(self, *args: Any) -> Decision:
-        return Decision(False, 2, 0, 60, 60)
+    async def _lease(self, *args: Any) -> Lease:
+        return Lease(granted=0, ttl_s=2.0, window=0, limit=2, remaining=0, reset_s=60, wait_s=60.0)
+
+    async def _give_back(self, *args: Any) -> None:
+        raise AssertionError("nothing was leased, so nothing is given back")
 
 
 Call = Callable[..., httpx.Response]
