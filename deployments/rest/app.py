@@ -7,7 +7,6 @@ over a gateway of stub models; `reference_app()` is the app over no models, whos
 document is the served one."""
 
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.errors import error_payload
 from deployments import openapi, schemas, telemetry
@@ -50,31 +49,51 @@ def _error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Metrics and one structured access-log line for every request (the id comes from Serve)."""
-    started = time.perf_counter()
-    response = await call_next(request)
-    latency_ms = (time.perf_counter() - started) * 1000.0
-    code: str | None = getattr(request.state, "error_code", None)
-    route = request.scope.get("route")
-    # Label by route template and served model only: raw paths and unknown names would let
-    # any client create unbounded metric series.
-    template = getattr(route, "path", "unmatched")
-    model = request.scope.get("path_params", {}).get("model", "")
-    if code in ("model_not_found", "not_found"):
-        model = "unknown"
-    status = response.status_code
-    reason = code if 400 <= status < 500 and code not in (None, "unauthorized", "forbidden", "rate_limited") else None
-    telemetry.ingress_metrics().record(model, template, status, latency_ms, reason)
-    telemetry.access_log(
-        method=request.method,
-        path=template,
-        model=model,
-        status=status,
-        latency_ms=round(latency_ms, 2),
-        error=code,
-    )
-    return response
+class _Observe:
+    """Metrics and one structured access-log line for every request (the id comes from Serve).
+
+    Plain ASGI, not Starlette's BaseHTTPMiddleware (`app.middleware("http")`), which runs every
+    request's app in a task group with memory streams in between: a cost per request that the
+    model's replica, answering HTTP itself, pays on the event loop it batches on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            code: str | None = scope.get("state", {}).get("error_code")
+            # Label by route template and served model only: raw paths and unknown names would let
+            # any client create unbounded metric series.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            model = scope.get("path_params", {}).get("model", "")
+            if code in ("model_not_found", "not_found"):
+                model = "unknown"
+            quiet = (None, "unauthorized", "forbidden", "rate_limited")
+            reason = code if 400 <= status < 500 and code not in quiet else None
+            telemetry.ingress_metrics().record(model, template, status, latency_ms, reason)
+            telemetry.access_log(
+                method=scope["method"],
+                path=template,
+                model=model,
+                status=status,
+                latency_ms=round(latency_ms, 2),
+                error=code,
+            )
 
 
 async def _serving_error(request: Request, exc: Exception) -> Response:
@@ -145,7 +164,7 @@ def _service_routes(app: FastAPI, gateway: Gateway) -> None:
 
 def _errors_and_observation(app: FastAPI) -> None:
     """What every app of the API shares: the access log and metrics, and every error in JSON."""
-    app.middleware("http")(_observe)
+    app.add_middleware(_Observe)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -178,7 +197,7 @@ class _RoutesFromCatalogueRoot:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         root = scope.get("root_path", "")
         if root.endswith(self.hot_path):
-            scope = dict(scope, root_path=root[: -len(self.hot_path)])
+            scope["root_path"] = root[: -len(self.hot_path)]
         await self.app(scope, receive, send)
 
 

@@ -15,7 +15,7 @@ _BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 _API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key, as a header.")
 
 
-def credential(
+async def credential(
     bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
     api_key: str | None = Security(_API_KEY),
 ) -> str | None:
