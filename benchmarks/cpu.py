@@ -1,0 +1,270 @@
+"""Where a server's CPU goes: CPU-ms per request by process under load, and % of a core at idle.
+
+    python -m benchmarks.cpu load --model digits_cnn --servers vision-maas vision-maas-twohop litserve
+    python -m benchmarks.cpu idle --variants default RAY_SERVE_HAPROXY_METRICS_ENABLED=0
+
+`load` starts each server as benchmarks/run.py does (same replicas and threads), sends a bounded
+closed loop with `hey`, and divides every process's CPU time over the run by the answers: the
+serving cost per request split by process (HAProxy, the model replicas, the catalogue's ingress,
+Serve's controller, Ray's GCS, raylet and agents), repeated and interleaved, medians reported.
+
+`idle` starts the default seven-model deployment (deployments/serve_config.yaml, expanded as
+`make serve` runs it) once per variant (environment settings of every Ray process), waits until
+it is ready and has settled, then measures each process's CPU over a quiet window: what an idle
+deployment costs, by process. Results go to benchmarks/results/cpu.json and cpu.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+from benchmarks.images import jpeg_images
+from benchmarks.load import hey_binary
+from benchmarks.servers import REPO, SERVERS, Running, Server, make_server, serve_command, write_config
+from deployments.ray_env import ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
+from deployments.topology import expand
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def process_group(proc: psutil.Process) -> str:
+    """A stable name for what a process is (Ray names its workers after their actor)."""
+    try:
+        cmdline = " ".join(proc.cmdline())
+        name = proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "gone"
+    if "ServeReplica:" in cmdline:
+        actor = cmdline.split("ServeReplica:", 1)[1].split()[0]
+        deployment = actor.rsplit(":", 1)[-1]
+        return "replica: ingress" if deployment == "Ingress" else f"replica: {deployment}"
+    for marker, group in (
+        ("ServeController", "serve controller"),
+        ("haproxy", "haproxy"),
+        ("gcs_server", "ray gcs"),
+        ("raylet", "ray raylet"),
+        ("dashboard/agent.py", "ray dashboard agent"),
+        ("dashboard.py", "ray dashboard"),
+        ("runtime_env/agent", "ray runtime env agent"),
+        ("log_monitor", "ray log monitor"),
+        ("monitor.py", "ray monitor"),
+        ("serve run", "serve run (driver)"),
+        ("ray::IDLE", "ray idle workers"),
+    ):
+        if marker in cmdline or marker in name:
+            return group
+    return name or "other"
+
+
+def cpu_by_group(running: Running) -> dict[str, float]:
+    """CPU seconds so far of each process group of the server's tree."""
+    out: dict[str, float] = defaultdict(float)
+    for proc in running.processes():
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[process_group(proc)] += times.user + times.system
+    return dict(out)
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+def hey(url: str, body: Path, content_type: str, concurrency: int, seconds: float) -> int:
+    """Answers with status 200 of a `seconds` closed loop at `concurrency`."""
+    out = subprocess.run(
+        [
+            hey_binary(),
+            "-z",
+            f"{seconds}s",
+            "-c",
+            str(concurrency),
+            "-m",
+            "POST",
+            "-T",
+            content_type,
+            "-D",
+            str(body),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("[200]"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_load(server: Server, log: Path, image: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
+    body, content_type = server.body(image)
+    with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as file:
+        file.write(body)
+    running = Running(server, log)
+    try:
+        running.wait_ready(image)
+        hey(server.url, Path(file.name), content_type, concurrency, 3.0)  # warm
+        before, started = cpu_by_group(running), time.monotonic()
+        answers = hey(server.url, Path(file.name), content_type, concurrency, seconds)
+        elapsed = time.monotonic() - started
+        spent = delta(cpu_by_group(running), before)
+    finally:
+        running.stop()
+        Path(file.name).unlink()
+    per_request = {k: v * 1000.0 / max(answers, 1) for k, v in spent.items() if v > 0}
+    return {"answers_per_s": answers / elapsed, "cpu_ms_per_request": per_request}
+
+
+def default_deployment(env: dict[str, str], port: int) -> Server:
+    """The shipped default config (seven bundled models), expanded, on `port`."""
+    config = yaml.safe_load((REPO / "deployments" / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    path = write_config(expand(config))
+    url = f"http://127.0.0.1:{port}/v2/health/ready"
+    return Server("default", serve_command(path), url, "application/json", env=env)
+
+
+def wait_http(url: str, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+def measure_idle(env: dict[str, str], port: int, log: Path, settle_s: float, window_s: float) -> dict[str, float]:
+    """% of one core by process group over a quiet window of the ready default deployment."""
+    server = default_deployment(THROUGHPUT_ENV | ONE_MACHINE_ENV | host_ports_of_its_own() | env, port)
+    running = Running(server, log)
+    try:
+        wait_http(server.url)
+        time.sleep(settle_s)
+        before, started = cpu_by_group(running), time.monotonic()
+        time.sleep(window_s)
+        spent = delta(cpu_by_group(running), before)
+        elapsed = time.monotonic() - started
+    finally:
+        running.stop()
+    return {k: 100.0 * v / elapsed for k, v in spent.items() if v > 0}
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for run in runs for k in run}
+    return {k: statistics.median(run.get(k, 0.0) for run in runs) for k in sorted(keys)}
+
+
+def table(title: str, unit: str, columns: dict[str, dict[str, float]]) -> list[str]:
+    groups = sorted(
+        {g for values in columns.values() for g in values}, key=lambda g: -max(c.get(g, 0) for c in columns.values())
+    )
+    lines = [
+        f"### {title}",
+        "",
+        f"| process ({unit}) | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for group in groups:
+        lines.append(f"| {group} | " + " | ".join(f"{c.get(group, 0.0):.2f}" for c in columns.values()) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{sum(c.values()):.2f}**" for c in columns.values()) + " |")
+    return [*lines, ""]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    load = sub.add_parser("load")
+    load.add_argument("--model", default="digits_cnn")
+    load.add_argument(
+        "--servers", nargs="+", choices=SERVERS, default=["vision-maas", "vision-maas-twohop", "litserve"]
+    )
+    load.add_argument("--concurrency", type=int, default=8)
+    load.add_argument("--seconds", type=float, default=10.0)
+    load.add_argument("--repeats", type=int, default=2)
+    load.add_argument("--replicas", type=int, default=2)
+    load.add_argument("--threads", type=int, default=1)
+    idle = sub.add_parser("idle")
+    idle.add_argument("--variants", nargs="+", default=["default"], help="`default` or K=V[,K=V] environment settings")
+    idle.add_argument("--repeats", type=int, default=2)
+    idle.add_argument("--settle-s", type=float, default=20.0)
+    idle.add_argument("--window-s", type=float, default=30.0)
+    for each in (load, idle):
+        each.add_argument("--port", type=int, default=8190)
+        each.add_argument("--out", type=Path, default=RESULTS)
+    options = parser.parse_args(argv)
+    logs = options.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = options.out / "cpu.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if options.what == "load":
+        image = jpeg_images("224x224")[0]
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for repeat in range(options.repeats):  # interleaved: a slow spell hits every server
+            for name in options.servers:
+                server = make_server(name, options.model, options.port, options.threads, 16, 0.005, options.replicas)
+                run = measure_load(
+                    server, logs / f"cpu-{name}-{repeat}.log", image, options.concurrency, options.seconds
+                )
+                print(
+                    f"{name} repeat {repeat}: {run['answers_per_s']:.1f}/s, {sum(run['cpu_ms_per_request'].values()):.2f} CPU-ms/request"
+                )
+                runs[name].append(run)
+        results["load"] = {
+            "model": options.model,
+            "concurrency": options.concurrency,
+            "replicas": options.replicas,
+            "threads": options.threads,
+            "answers_per_s": {n: statistics.median(r["answers_per_s"] for r in rs) for n, rs in runs.items()},
+            "cpu_ms_per_request": {n: medians([r["cpu_ms_per_request"] for r in rs]) for n, rs in runs.items()},
+        }
+    else:
+        variants: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for repeat in range(options.repeats):
+            for variant in options.variants:
+                env = {} if variant == "default" else dict(kv.split("=", 1) for kv in variant.split(","))
+                run = measure_idle(env, options.port, logs / f"idle-{repeat}.log", options.settle_s, options.window_s)
+                print(f"idle {variant} repeat {repeat}: {sum(run.values()):.1f}% of a core")
+                variants[variant].append(run)
+        results["idle"] = {"percent_of_a_core": {v: medians(rs) for v, rs in variants.items()}}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["# Where the CPU goes", "", "Written by `python -m benchmarks.cpu` (medians of interleaved repeats).", ""]
+    if "load" in results:
+        load_results = results["load"]
+        lines.append(
+            f"{load_results['model']}, 224x224 JPEG, {load_results['concurrency']} clients, "
+            f"{load_results['replicas']} replicas x {load_results['threads']} thread(s); answers/s: "
+            + ", ".join(f"{n} {v:.0f}" for n, v in load_results["answers_per_s"].items())
+        )
+        lines.append("")
+        lines += table("CPU-ms per request, by process", "CPU-ms", load_results["cpu_ms_per_request"])
+    if "idle" in results:
+        lines += table(
+            "Idle default deployment (seven models), by process", "% of a core", results["idle"]["percent_of_a_core"]
+        )
+    (options.out / "cpu.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
