@@ -190,6 +190,11 @@ def table(title: str, unit: str, columns: dict[str, dict[str, float]]) -> list[s
     return [*lines, ""]
 
 
+def _env(variant: str) -> dict[str, str]:
+    """`default` -> nothing; `K=V,K2=V2` -> those variables."""
+    return {} if variant == "default" else dict(kv.split("=", 1) for kv in variant.split(","))
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -203,6 +208,9 @@ def main(argv: list[str]) -> int:
     load.add_argument("--repeats", type=int, default=2)
     load.add_argument("--replicas", type=int, default=2)
     load.add_argument("--threads", type=int, default=1)
+    load.add_argument(
+        "--variants", nargs="+", default=["default"], help="`default` or K=V[,K=V]: environment of vision-maas servers"
+    )
     idle = sub.add_parser("idle")
     idle.add_argument("--variants", nargs="+", default=["default"], help="`default` or K=V[,K=V] environment settings")
     idle.add_argument("--repeats", type=int, default=2)
@@ -241,8 +249,9 @@ def main(argv: list[str]) -> int:
         variants: dict[str, list[dict[str, float]]] = defaultdict(list)
         for repeat in range(options.repeats):
             for variant in options.variants:
-                env = {} if variant == "default" else dict(kv.split("=", 1) for kv in variant.split(","))
-                run = measure_idle(env, options.port, logs / f"idle-{repeat}.log", options.settle_s, options.window_s)
+                run = measure_idle(
+                    _env(variant), options.port, logs / f"idle-{repeat}.log", options.settle_s, options.window_s
+                )
                 print(f"idle {variant} repeat {repeat}: {sum(run.values()):.1f}% of a core")
                 variants[variant].append(run)
         results["idle"] = {"percent_of_a_core": {v: medians(rs) for v, rs in variants.items()}}

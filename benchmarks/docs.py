@@ -200,6 +200,12 @@ def fastpath_block(results: Path) -> str:
     return (results / "fastpath.md").read_text()
 
 
+def cpu_block(results: Path) -> str:
+    """Where the CPU goes, by process (benchmarks.cpu writes it as markdown from its own JSON)."""
+    text = (results / "cpu.md").read_text()
+    return text.split("\n", 2)[2].lstrip("\n")  # without its own title
+
+
 def warmup_block(results: Path) -> str:
     """The first request after ready against the steady median, with and without warm-up."""
     data = _load(results / "warmup.json")
@@ -233,6 +239,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "backends": backends_block,
     "fastpath": fastpath_block,
     "warmup": warmup_block,
+    "cpu": cpu_block,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import io
 import logging
@@ -45,6 +46,8 @@ from models.registry import Item, ModelSpec, Task, get_spec
 from models.video_io import VideoLimits, decode_clip, decode_frames
 
 _Prepared = TypeVar("_Prepared")
+# Set while a request holds its admission (ImageModel.admitted), so _request does not take a second.
+_ADMITTED: contextvars.ContextVar[bool] = contextvars.ContextVar("vision_maas_admitted", default=False)
 
 logger = logging.getLogger("ray.serve")
 
@@ -138,6 +141,7 @@ class ImageModel:
         self._batch_counts: Counter[int] = Counter()
         self._batch_seconds: defaultdict[int, float] = defaultdict(float)
         self._ongoing = 0
+        self._held = 0  # admitted requests (see admitted()), reading their body or computing
         self._metrics = ModelMetrics(self._spec.name)
         self._metrics.load_seconds.set(self._load_seconds)
         logger.info(
@@ -161,7 +165,8 @@ class ImageModel:
         gateway = Gateway(
             {name: LocalHandle(self)}, {name: model_card(self._spec)}, self._served_limits, self._auth, limiter
         )
-        return create_model_app(gateway, "generate" if self._spec.task == Task.GENERATION else "predict")
+        verb = "generate" if self._spec.task == Task.GENERATION else "predict"
+        return create_model_app(gateway, verb, self.admitted)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""
@@ -324,12 +329,32 @@ class ImageModel:
     @contextlib.contextmanager
     def _request(self, kind: str, items: int) -> Iterator[dict[str, Any]]:
         """Count the request as ongoing and log it once done: model, sizes, latency, outcome."""
-        if self._ongoing >= self._batch.max_requests:
-            # Admission, in the API's JSON wherever the request came from (Serve's own limits are
-            # set above this one: their answer would be plain text).
+        with contextlib.ExitStack() as admission:
+            if not _ADMITTED.get():  # a call over a handle; this replica's own routes admit earlier
+                admission.enter_context(self.admitted())
+            with self._counted(kind, items) as facts:
+                yield facts
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of the replica's `max_requests` places, or refuse at once with 503 `overloaded`,
+        in the API's JSON (Serve's own limits for models are set above this one: they would answer
+        in plain text). The replica's own routes take it before reading the body, so a refusal
+        costs no upload and no parsing; calls over a handle take it in _request."""
+        if self._held >= self._batch.max_requests:
             raise Overloaded(
                 f"model {self._spec.name!r} is at capacity ({self._batch.max_requests} requests); retry later"
             )
+        self._held += 1
+        token = _ADMITTED.set(True)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+            self._held -= 1
+
+    @contextlib.contextmanager
+    def _counted(self, kind: str, items: int) -> Iterator[dict[str, Any]]:
         started = time.perf_counter()
         facts: dict[str, Any] = {"model": self._spec.name, "call": kind, "items": items}
         self._ongoing += 1

@@ -7,10 +7,12 @@ over a gateway of stub models; `reference_app()` is the app over no models, whos
 document is the served one."""
 
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -201,14 +203,36 @@ class _RoutesFromCatalogueRoot:
         await self.app(scope, receive, send)
 
 
-def create_model_app(gateway: Gateway, verb: str) -> FastAPI:
+def create_model_app(
+    gateway: Gateway, verb: str, admitted: Callable[[], AbstractContextManager[None]] | None = None
+) -> FastAPI:
     """The hot verb (`predict` or `generate`) of the gateway's one model: the catalogue's route,
-    its errors, access log and metrics; the catalogue's OpenAPI document covers it."""
+    its errors, access log and metrics; the catalogue's OpenAPI document covers it. `admitted`,
+    the replica's admission, is held from before the body is read to the answer."""
     (model,) = gateway.cards
+
+    async def admission(request: Request) -> AsyncIterator[None]:
+        if admitted is None:
+            yield
+            return
+        try:
+            hold = admitted()
+            hold.__enter__()
+        except ServingError:
+            # Refused before parsing anything; the upload is discarded as it arrives (not kept),
+            # so the client reads the 503 rather than a connection closed under its upload.
+            async for _ in request.stream():
+                pass
+            raise
+        try:
+            yield
+        finally:
+            hold.__exit__(None, None, None)
+
     app = FastAPI(title=SERVER_NAME, version=SERVER_VERSION, openapi_url=None, docs_url=None, redoc_url=None)
     _errors_and_observation(app)
     app.add_middleware(_RoutesFromCatalogueRoot, hot_path=hot_route("/", model, verb))
-    app.include_router(v1.router(gateway, only=verb))
+    app.include_router(v1.router(gateway, only=verb), dependencies=[Depends(admission)])
     return app
 
 

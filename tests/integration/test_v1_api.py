@@ -126,7 +126,13 @@ def test_list_models_describes_every_served_model(client: httpx.Client) -> None:
     assert digits["labels"] == [str(d) for d in range(10)]
     assert digits["weights"]["source"] == "bundled"
     # digits_cnn's cap is fixed for the batching tests; resnet18's is measured while it warms up.
-    assert digits["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "warmup": True, "measure": False}
+    assert digits["batching"] == {
+        "max_requests": 256,
+        "max_batch_size": 16,
+        "batch_wait_timeout_s": 0.05,
+        "warmup": True,
+        "measure": False,
+    }
     resnet = models["resnet18"]["batching"]
     # Up to its max_batch_size of 4, unless a slow machine spent the time budget before.
     assert list(resnet["items_per_s"]) in (["1"], ["1", "2"], ["1", "2", "4"])

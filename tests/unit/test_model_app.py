@@ -184,3 +184,42 @@ def test_admission_limit_is_bounded_below_serves_own() -> None:
     assert BatchConfig().max_requests <= MAX_REQUESTS < MODEL_OPTIONS["max_ongoing_requests"]
     with pytest.raises(ValueError, match="max_requests"):
         BatchConfig(max_requests=MAX_REQUESTS + 1)
+
+
+def test_a_refused_request_is_answered_before_its_body_is_parsed() -> None:
+    """Admission is taken before the body is read: a full replica refuses without parsing the
+    upload (it is discarded as it arrives, so the client reads the 503)."""
+    import contextlib
+
+    from deployments.rest.app import create_model_app as build
+
+    held: list[int] = []
+    received: list[bytes] = []
+
+    @contextlib.contextmanager
+    def full() -> Any:
+        held.append(1)
+        raise Overloaded("at capacity")
+        yield  # pragma: no cover
+
+    model = Model()
+    gateway = Gateway(
+        {"digits_cnn": LocalHandle(model)},
+        {"digits_cnn": card("digits_cnn", "classification")},
+        LimitsArgs(),
+        AuthArgs(enabled=False),
+        None,
+    )
+    path = hot_route("/", "digits_cnn", "predict")
+    app = mounted(build(gateway, "predict", full), path)
+
+    async def body() -> Any:
+        received.append(PNG)
+        yield PNG
+
+    response = send(app, "POST", path, content=body(), headers={"Content-Type": "image/png"})
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "overloaded")
+    assert response.headers["Retry-After"]
+    assert held == [1]
+    assert model.calls == []
+    assert received == [PNG]  # drained, never parsed
