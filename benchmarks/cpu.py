@@ -227,16 +227,19 @@ def main(argv: list[str]) -> int:
     if options.what == "load":
         image = jpeg_images("224x224")[0]
         runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        cases = [
+            (n, v) for n in options.servers for v in (options.variants if n.startswith("vision-maas") else ["default"])
+        ]
         for repeat in range(options.repeats):  # interleaved: a slow spell hits every server
-            for name in options.servers:
+            for name, variant in cases:
                 server = make_server(name, options.model, options.port, options.threads, 16, 0.005, options.replicas)
-                run = measure_load(
-                    server, logs / f"cpu-{name}-{repeat}.log", image, options.concurrency, options.seconds
-                )
-                print(
-                    f"{name} repeat {repeat}: {run['answers_per_s']:.1f}/s, {sum(run['cpu_ms_per_request'].values()):.2f} CPU-ms/request"
-                )
-                runs[name].append(run)
+                server.env |= _env(variant)
+                label = name if variant == "default" else f"{name} {variant}"
+                log = logs / f"cpu-{name}-{repeat}.log"
+                run = measure_load(server, log, image, options.concurrency, options.seconds)
+                total = sum(run["cpu_ms_per_request"].values())
+                print(f"{label} repeat {repeat}: {run['answers_per_s']:.1f}/s, {total:.2f} CPU-ms/request")
+                runs[label].append(run)
         results["load"] = {
             "model": options.model,
             "concurrency": options.concurrency,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import adaptive, backends, report
+from benchmarks.servers import SERVERS
 from models.docs import cli, render_blocks
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,6 +41,8 @@ def run_command(settings: dict[str, Any], out: str | None) -> str:
             f"--{key.replace('_', '-')} "
             + " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in settings[key])
         )
+    if settings.get("servers") and list(settings["servers"]) != list(SERVERS):
+        parts.append("--servers " + " ".join(settings["servers"]))
     parts.append(f"--repeats {settings['repeats']} --step-s {settings['step_s']:g}")
     if settings.get("raw_s"):
         parts.append(f"--raw-s {settings['raw_s']:g}")
@@ -156,6 +159,8 @@ def data_path_block(results: Path) -> str:
             f"({ours['throughput'] / classic['throughput']:.2f}x) | {_f(ours['server_cpu_ms_per_image'])} / "
             f"{_f(classic['server_cpu_ms_per_image'])} | {p50} |"
         )
+    if len(lines) == 2:
+        return "No run on this page includes `vision-maas-classic`: add it to a run's `--servers` to compare.\n"
     return "\n".join(lines) + "\n"
 
 
