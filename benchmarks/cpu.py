@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +30,7 @@ import psutil
 import yaml
 
 from benchmarks.images import jpeg_images
-from benchmarks.load import hey_binary
+from benchmarks.load import closed_loop
 from benchmarks.servers import REPO, SERVERS, Running, Server, make_server, serve_command, write_config
 from deployments.ray_env import ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
 from deployments.topology import expand
@@ -85,51 +83,19 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: after[k] - before.get(k, 0.0) for k in after}
 
 
-def hey(url: str, body: Path, content_type: str, concurrency: int, seconds: float) -> int:
-    """Answers with status 200 of a `seconds` closed loop at `concurrency`."""
-    out = subprocess.run(
-        [
-            hey_binary(),
-            "-z",
-            f"{seconds}s",
-            "-c",
-            str(concurrency),
-            "-m",
-            "POST",
-            "-T",
-            content_type,
-            "-D",
-            str(body),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        if line.strip().startswith("[200]"):
-            return int(line.split()[1])
-    return 0
-
-
 def measure_load(server: Server, log: Path, image: bytes, concurrency: int, seconds: float) -> dict[str, Any]:
     body, content_type = server.body(image)
-    with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as file:
-        file.write(body)
     running = Running(server, log)
     try:
         running.wait_ready(image)
-        hey(server.url, Path(file.name), content_type, concurrency, 3.0)  # warm
-        before, started = cpu_by_group(running), time.monotonic()
-        answers = hey(server.url, Path(file.name), content_type, concurrency, seconds)
-        elapsed = time.monotonic() - started
+        closed_loop(server.url, body, content_type, concurrency, 3.0)  # warm
+        before = cpu_by_group(running)
+        run = closed_loop(server.url, body, content_type, concurrency, seconds)
         spent = delta(cpu_by_group(running), before)
     finally:
         running.stop()
-        Path(file.name).unlink()
-    per_request = {k: v * 1000.0 / max(answers, 1) for k, v in spent.items() if v > 0}
-    return {"answers_per_s": answers / elapsed, "cpu_ms_per_request": per_request}
+    per_request = {k: v * 1000.0 / max(run["ok"], 1) for k, v in spent.items() if v > 0}
+    return {"answers_per_s": run["ok"] / run["wall_s"], "cpu_ms_per_request": per_request}
 
 
 def default_deployment(env: dict[str, str], port: int) -> Server:

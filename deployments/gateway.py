@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -79,18 +80,12 @@ class _LocalMethod:
     def __init__(self, function: Callable[..., Any]) -> None:
         self._function = function
 
-    def remote(self, *args: Any) -> asyncio.Future[Any]:
-        try:
+    def remote(self, *args: Any) -> asyncio.Task[Any]:
+        async def call() -> Any:
             result = self._function(*args)
-        except Exception as exc:
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
-        if inspect.isawaitable(result):
-            return asyncio.ensure_future(result)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(result)
-        return done
+            return await result if inspect.isawaitable(result) else result
+
+        return asyncio.ensure_future(call())
 
 
 class Gateway:
@@ -98,13 +93,19 @@ class Gateway:
 
     def __init__(
         self,
-        models: Mapping[str, DeploymentHandle[Any] | LocalHandle],
+        models: Mapping[str, DeploymentHandle[Any] | LocalHandle | str],
         cards: dict[str, ModelCard],
         limits: LimitsArgs,
         auth: AuthArgs,
         limiter: DeploymentHandle[Any] | None,
     ) -> None:
-        self.models = models
+        # A model is a handle (to a deployment of this application, or this replica's LocalHandle),
+        # or the name of the model's own application (deployments.topology), resolved here, in the
+        # replica: its deployment has the model's name.
+        self.models = {
+            name: serve.get_deployment_handle(name, app_name=model) if isinstance(model, str) else model
+            for name, model in models.items()
+        }
         self.cards = cards
         self.limits = limits
         self._limiter = limiter

@@ -40,6 +40,7 @@ from deployments.errors import InvalidParameters, Overloaded, ServingError
 from deployments.gateway import Gateway, LocalHandle
 from deployments.rest.app import create_model_app
 from deployments.telemetry import ModelMetrics
+from deployments.topology import task_verb
 from models.backends import apply_backend
 from models.images import ImageError, ImageLimits, decode_image, original_size
 from models.registry import Item, ModelSpec, Task, get_spec
@@ -165,8 +166,7 @@ class ImageModel:
         gateway = Gateway(
             {name: LocalHandle(self)}, {name: model_card(self._spec)}, self._served_limits, self._auth, limiter
         )
-        verb = "generate" if self._spec.task == Task.GENERATION else "predict"
-        return create_model_app(gateway, verb, self.admitted)
+        return create_model_app(gateway, task_verb(self._spec.task), self.admitted)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""

@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from contract.tasks import Task
+
 # The import path a config's authors write: one application listing its models.
 AUTHORED = "deployments.app:build_app"
 CATALOGUE = "deployments.app:build_catalogue"
@@ -51,11 +53,16 @@ def model_app_name(app: str, model: str) -> str:
     return f"{app}-{model}"
 
 
-def hot_verb(registry_model: str) -> str:
+def task_verb(task: Task) -> str:
     """The verb a model's own application answers: `generate` for generators, else `predict`."""
-    from models.registry import Task, get_entry  # imported here: the module itself needs only yaml
+    return "generate" if task == Task.GENERATION else "predict"
 
-    return "generate" if get_entry(registry_model).task == Task.GENERATION else "predict"
+
+def hot_verb(registry_model: str) -> str:
+    """The hot verb of a registry model (task_verb of its task)."""
+    from models.registry import get_entry  # imported here: this module needs no model code
+
+    return task_verb(get_entry(registry_model).task)
 
 
 def hot_route(prefix: str, model: str, verb: str) -> str:
