@@ -121,6 +121,52 @@ class ArtifactsArgs(_Strict):
     public_keys_env: str = Field("VISION_MAAS_SIGNING_KEYS", description="Variable holding PEM public keys.")
 
 
+class DatasetLimits(_Strict):
+    """What an uploaded data set archive may be (deployments/datasets.py); over any limit, it is refused whole."""
+
+    max_archive_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="The upload itself.")
+    max_entries: int = Field(20_000, ge=2, description="Members of the archive, folders included.")
+    max_expanded_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="All members, uncompressed.")
+    max_ratio: float = Field(100.0, ge=1.0, description="Uncompressed size over compressed size, per member.")
+    min_classes: int = Field(2, ge=2)
+    min_images_per_class: int = Field(5, ge=1)
+
+
+class TrainingArgs(_Strict):
+    """Data sets, training jobs on Ray Train, trained versions and their rollouts (docs/training.md)."""
+
+    enabled: bool = Field(False, description="The data set, training and rollout routes (admin scope) are on.")
+    store: str = Field(
+        "~/.vision-maas/store",
+        description="The model store: data sets, jobs, trained versions and rollout state. On a cluster, a "
+        "volume every node mounts at this path.",
+    )
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train's storage path for checkpoints: a local directory or any pyarrow/fsspec URI "
+        "(`s3://...`); default `<store>/checkpoints`.",
+    )
+    workers: int = Field(1, ge=1, le=256, description="Ray Train workers per job.")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="Each worker's CPUs; its torch threads follow.")
+    use_gpu: bool | None = Field(None, description="None: a GPU per worker when the cluster has GPUs.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="Extra Ray resources per worker (say `training: 1`), to keep training on nodes set aside for it.",
+    )
+    max_failures: int = Field(2, ge=0, description="Worker failures a job survives, resuming from its last checkpoint.")
+    max_running_jobs: int = Field(1, ge=1, description="Jobs training at once; more wait queued.")
+    max_jobs_per_tenant: int = Field(4, ge=1, description="A tenant's jobs queued or running at once.")
+    max_loaded_versions: int = Field(4, ge=1, description="Trained versions one replica keeps loaded.")
+    signing_key_file: str | None = Field(
+        None,
+        description="PEM Ed25519 private key that signs trained versions (the deployment key, never the release key).",
+    )
+    signing_key_env: str = Field(
+        "VISION_MAAS_DEPLOY_SIGNING_KEY", description="Variable holding the PEM private key when no file is set."
+    )
+    datasets: DatasetLimits = DatasetLimits()
+
+
 class AppArgs(_Strict):
     """Everything `build_app` needs: what is served, its limits and who may call it."""
 
@@ -128,6 +174,7 @@ class AppArgs(_Strict):
     limits: LimitsArgs = LimitsArgs()
     auth: AuthArgs = AuthArgs()
     artifacts: ArtifactsArgs = ArtifactsArgs()
+    training: TrainingArgs = TrainingArgs()
     application: str | None = Field(
         None,
         description="The catalogue application's name: set by deployments.topology when it gives every model "

@@ -61,6 +61,7 @@ class TenantArgs(BaseModel):
     models: list[str] = Field(default_factory=lambda: [ALL_MODELS])
     rate_limit: RateLimitArgs | None = None
     quota: QuotaArgs | None = None
+    admin: bool = Field(False, description="May upload data sets, train models and roll versions out.")
 
 
 class KeyStoreArgs(BaseModel):
@@ -78,6 +79,7 @@ class Tenant:
     models: frozenset[str]
     rate_limit: RateLimitArgs | None
     quota: QuotaArgs | None
+    admin: bool = False
 
     def may_use(self, model: str) -> bool:
         """True when this tenant may call `model`."""
@@ -109,7 +111,7 @@ class KeyStore:
             if entry.name in names:
                 raise KeyStoreError(f"tenant {entry.name!r} is listed twice")
             names.add(entry.name)
-            tenant = Tenant(entry.name, frozenset(entry.models), entry.rate_limit, entry.quota)
+            tenant = Tenant(entry.name, frozenset(entry.models), entry.rate_limit, entry.quota, entry.admin)
             for digest in entry.key_sha256:
                 digest = digest.lower()
                 if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -298,6 +300,7 @@ def main(argv: list[str]) -> int:
     new.add_argument("--burst", type=int, help="bucket size (default: 2 x rate)")
     new.add_argument("--quota", type=int, help="requests per window")
     new.add_argument("--window", type=int, default=86_400, help="quota window in seconds")
+    new.add_argument("--admin", action="store_true", help="may upload data sets, train and roll out")
     args = parser.parse_args(argv)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     entry: dict[str, Any] = {
@@ -309,6 +312,8 @@ def main(argv: list[str]) -> int:
         entry["rate_limit"] = {"requests_per_second": args.rate, "burst": args.burst or max(1, int(2 * args.rate))}
     if args.quota:
         entry["quota"] = {"requests": args.quota, "window_s": args.window}
+    if args.admin:
+        entry["admin"] = True
     TenantArgs.model_validate(entry)
     print(f"# the key (shown once; store it in the client's secret store):\n# {key}", file=sys.stderr)
     print(json.dumps({"tenants": [entry]}, indent=2))

@@ -151,6 +151,14 @@ class Gateway:
             raise TooManyRequests(f"tenant {tenant.name!r} is over its rate limit or quota", headers=decision.headers())
         return tenant, decision.headers()
 
+    async def authorize_admin(self, key: str | None) -> tuple[Tenant | None, dict[str, str]]:
+        """The caller of a data set, training or rollout route: 403 unless its tenant has the admin
+        scope (with API keys off, everyone has it)."""
+        tenant, headers = await self.authorize(key, None)
+        if tenant is not None and not tenant.admin:
+            raise Forbidden("this API key has no admin scope: data sets, training and rollouts need it")
+        return tenant, headers
+
     def card(self, model: str, version: str | None = None) -> ModelCard:
         """The served model's card (404 when the model, or the version asked for, is not served)."""
         try:
