@@ -21,6 +21,7 @@ every check has passed: a data set is there whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -46,6 +47,7 @@ from deployments.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    Unavailable,
     UnsupportedMediaType,
 )
 from deployments.store import Store, write_json
@@ -149,6 +151,7 @@ def ingest(store: Store, upload: IO[bytes], limits: DatasetLimits, image_limits:
     if kind is None:
         raise UnsupportedMediaType("the archive is not a zip, a tar or a tar.gz (told by its content, not its name)")
     store.datasets.mkdir(parents=True, exist_ok=True)
+    _sweep(store, older_than=time.time() - 2 * limits.max_seconds)
     staging = Path(tempfile.mkdtemp(prefix=_INCOMING, dir=store.datasets))
     try:
         reader = _Reader(staging, limits, image_limits, deadline)
@@ -168,6 +171,16 @@ def ingest(store: Store, upload: IO[bytes], limits: DatasetLimits, image_limits:
         return dataset, True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sweep(store: Store, older_than: float) -> None:
+    """Remove what an upload or a deletion cut short (a process killed mid-way) left behind: past
+    twice the time an archive may take, no upload still writes there."""
+    for leftover in store.datasets.iterdir():
+        if leftover.name.startswith((_INCOMING, _LEAVING)):
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.stat().st_mtime < older_than:
+                    shutil.rmtree(leftover, ignore_errors=True)
 
 
 # ---- reading members -------------------------------------------------------------------
@@ -257,7 +270,11 @@ class _Reader:
             entry.error = str(exc)
             return
         entry.pending = self.staging / f"{len(self.files)}.png"
-        image.save(entry.pending, format="PNG")
+        try:
+            image.save(entry.pending, format="PNG")
+        except OSError:
+            # A full or read-only volume: the server's fault, not the archive's.
+            raise Unavailable("the model store cannot be written to; retry later") from None
 
     def finish(self, identity: str) -> Dataset:
         """Place the kept images as the layout says, check the data set's rules, write its record."""
@@ -340,7 +357,11 @@ def _check_labels(labels: list[str]) -> None:
 
 
 def _read_zip(upload: IO[bytes], reader: _Reader) -> None:
-    archive = zipfile.ZipFile(upload)
+    with zipfile.ZipFile(upload) as archive:
+        _read_zip_members(archive, reader)
+
+
+def _read_zip_members(archive: zipfile.ZipFile, reader: _Reader) -> None:
     infos = archive.infolist()
     if len(infos) > reader.limits.max_entries:
         raise PayloadTooLarge(f"the archive has {len(infos)} members; the limit is {reader.limits.max_entries}")

@@ -64,7 +64,7 @@ def router(gateway: Gateway, store: Store, limits: DatasetLimits) -> APIRouter:
         status_code=201,
         response_model=Dataset,
         responses={
-            **openapi.errors(400, 401, 403, 408, 413, 415, 422, 429),
+            **openapi.errors(400, 401, 403, 408, 413, 415, 422, 429, 503),
             200: {
                 "model": Dataset,
                 "description": "The same archive, stored before: its data set",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -337,3 +339,24 @@ def test_a_stored_tar_reads_back_in_order(tmp_path: Path) -> None:
         assert labels[index] == name[0]
         with Image.open(path) as stored, Image.open(io.BytesIO(members[name])) as sent:
             assert stored.convert("RGB").tobytes() == sent.convert("RGB").tobytes()
+
+
+def test_what_a_killed_upload_left_behind_is_swept_once_stale(tmp_path: Path) -> None:
+    datasets = tmp_path / "datasets"
+    stale, fresh = datasets / ".incoming-stale", datasets / ".incoming-fresh"
+    for leftover in (stale, fresh):
+        (leftover / "images").mkdir(parents=True)
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    limits = LIMITS.model_copy(update={"max_seconds": 60.0})
+    assert upload(app_over(tmp_path, limits=limits), zip_of(good_members())).status_code == 201
+    assert not stale.exists()
+    assert fresh.exists()  # an upload may still be writing there
+
+
+def test_load_dataset_names_a_missing_image(tmp_path: Path) -> None:
+    response = upload(app_over(tmp_path), zip_of(good_members()))
+    directory = tmp_path / "datasets" / response.json()["id"]
+    (directory / "images" / "square" / "2.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks 1 of its images, e.g. square/2.png"):
+        load_dataset(directory)
