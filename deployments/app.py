@@ -85,7 +85,9 @@ def _limiter(app_args: AppArgs) -> Application | None:
 
 def _ingress(app_args: AppArgs, models: dict[str, Any], cards: dict[str, ModelCard]) -> Application:
     ingress = Ingress.options(**INGRESS_OPTIONS)  # type: ignore[attr-defined]
-    app: Application = ingress.bind(models, cards, app_args.limits, app_args.auth, _limiter(app_args))
+    app: Application = ingress.bind(
+        models, cards, app_args.limits, app_args.auth, _limiter(app_args), app_args.training
+    )
     return app
 
 

@@ -130,6 +130,9 @@ class DatasetLimits(_Strict):
     max_ratio: float = Field(100.0, ge=1.0, description="Uncompressed size over compressed size, per member.")
     min_classes: int = Field(2, ge=2)
     min_images_per_class: int = Field(5, ge=1)
+    max_seconds: float = Field(
+        600.0, gt=0.0, description="Reading, decoding and storing one archive; past it, 408 and nothing is kept."
+    )
 
 
 class TrainingArgs(_Strict):

@@ -65,11 +65,25 @@ class ModelNotFound(ServingError):
     code = "model_not_found"
 
 
+class NotFound(ServingError):
+    """404: no such data set, training job or version."""
+
+    status_code = 404
+    code = "not_found"
+
+
 class RouteNotSupported(ServingError):
     """404: the model exists but its task has no such route (e.g. :generate on a classifier)."""
 
     status_code = 404
     code = "route_not_supported"
+
+
+class InvalidArchive(BadRequest):
+    """400: an uploaded archive is malformed, or holds what may never be extracted (absolute or `..`
+    paths, links, devices, duplicate or encrypted members)."""
+
+    code = "invalid_archive"
 
 
 class RequestTimeout(ServingError):
@@ -105,6 +119,14 @@ class InvalidParameters(ServingError):
 
     status_code = 422
     code = "invalid_parameters"
+
+
+class InvalidDataset(ServingError):
+    """422: an archive that reads well but is no data set (too few classes, or of images in a class,
+    a label that is no short printable name)."""
+
+    status_code = 422
+    code = "invalid_dataset"
 
 
 class Unavailable(ServingError):

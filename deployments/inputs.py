@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import AsyncIterator
+from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
+from starlette.types import Message
 
 from deployments import schemas
 from deployments.args import LimitsArgs
@@ -28,11 +32,15 @@ ParamsT = TypeVar("ParamsT", bound=BaseModel)
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
+def _check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
+    _check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -41,6 +49,50 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def capped(request: Request, limit: int) -> Request:
+    """The request, its body refused with 413 as soon as more than `limit` bytes of it arrive:
+    for bodies read as they stream (an upload spooled to disk), never held whole."""
+    _check_declared_length(request, limit)
+    size = 0
+
+    async def receive() -> Message:
+        nonlocal size
+        message = await request.receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        return message
+
+    return Request(request.scope, receive)
+
+
+@contextlib.asynccontextmanager
+async def uploaded_file(request: Request, part: str, limit: int) -> AsyncIterator[IO[bytes]]:
+    """The file sent in the multipart part named `part`, spooled as it arrives under a body of at
+    most `limit` bytes (413 past it); a seekable binary file, closed on leaving the context."""
+    if media_type(request) != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"unsupported content type {media_type(request) or '(none)'!r}; send multipart/form-data "
+            f"with the file in a part named {part!r}"
+        )
+    try:
+        form = await capped(request, limit).form(max_files=1, max_fields=8)
+    except (StarletteHTTPException, MultiPartException) as exc:
+        detail = exc.detail if isinstance(exc, StarletteHTTPException) else exc.message
+        raise BadRequest(f"malformed multipart body: {detail}") from None
+    try:
+        unexpected = [key for key in form if key != part]
+        if unexpected:
+            raise BadRequest(f"unexpected part {unexpected[0]!r}; send the file in a part named {part!r}")
+        upload = form.get(part)
+        if not isinstance(upload, UploadFile):
+            raise BadRequest(f"no file in a part named {part!r} (a file part has a filename)")
+        yield upload.file
+    finally:
+        await form.close()
 
 
 def media_type(request: Request) -> str:

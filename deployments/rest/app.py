@@ -7,12 +7,12 @@ over a gateway of stub models; `reference_app()` is the app over no models, whos
 document is the served one."""
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -21,11 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.errors import error_payload
 from deployments import openapi, schemas, telemetry
-from deployments.args import AuthArgs, LimitsArgs
+from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.errors import InvalidParameters, ServingError, Unavailable
 from deployments.gateway import Gateway
-from deployments.rest import v1, v2
+from deployments.rest import datasets, v1, v2
 from deployments.rest.common import CREDENTIAL, SERVER_NAME, SERVER_VERSION
+from deployments.store import Store
 from deployments.topology import hot_route
 
 RETRY_AFTER_S = "1"
@@ -172,8 +173,16 @@ def _errors_and_observation(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The whole HTTP API over `gateway` (the catalogue application's)."""
+def lifecycle_routers(gateway: Gateway, training: TrainingArgs) -> list[APIRouter]:
+    """The data set, training and rollout routes (admin scope): none unless training is enabled."""
+    if not training.enabled:
+        return []
+    store = Store.at(training.store)
+    return [datasets.router(gateway, store, training.datasets)]
+
+
+def create_app(gateway: Gateway, lifecycle: Sequence[APIRouter] = ()) -> FastAPI:
+    """The whole HTTP API over `gateway` (the catalogue application's), with the `lifecycle` routes."""
     app = FastAPI(
         title=SERVER_NAME,
         version=SERVER_VERSION,
@@ -184,6 +193,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(v1.router(gateway))
     _service_routes(app, gateway)
     app.include_router(v2.router(gateway))
+    for router in lifecycle:
+        app.include_router(router)
     return app
 
 
@@ -237,5 +248,6 @@ def create_model_app(
 
 
 def reference_app() -> FastAPI:
-    """The app over no models: the served routes and OpenAPI document, without Ray."""
-    return create_app(Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None))
+    """The app over no models, training enabled: the served routes and OpenAPI document, without Ray."""
+    gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None)
+    return create_app(gateway, lifecycle_routers(gateway, TrainingArgs(enabled=True)))

@@ -110,6 +110,8 @@ def test_default_chart_serves_what_the_default_serve_config_serves() -> None:
         cluster_args, local_args = dict(cluster_app["args"]), dict(local_app["args"])
         assert cluster_args.pop("auth") == {"enabled": True, "keys_env": "VISION_MAAS_API_KEYS"}, app
         assert local_args.pop("auth") == {"enabled": False}, app
+        # Deliberate override: training on a laptop; a cluster turns it on with a store every node mounts.
+        assert local_args.pop("training", {"enabled": True}) == {"enabled": True}, app
         assert cluster_args == local_args, app
         local_deployments = {d["name"]: d for d in local_app["deployments"]}
         cluster_deployments = {d["name"]: d for d in cluster_app["deployments"]}

@@ -19,9 +19,10 @@ import struct
 import sys
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -530,15 +531,25 @@ def mutations(seeds: Sequence[bytes], count: int, seed: int = 1234) -> list[tupl
 # ---- CLI -------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Write the corpus to a directory."""
-    parser = argparse.ArgumentParser(prog="python -m tests.security.corpus", description=__doc__.splitlines()[0])
+class _Case(Protocol):
+    @property
+    def data(self) -> bytes: ...
+
+
+def write_corpus(argv: Sequence[str] | None, module: str, doc: str, generate: Callable[[Path], Sequence[_Case]]) -> int:
+    """A corpus module's command line: `python -m MODULE OUT_DIR` writes its cases there."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write the cases and manifest.json to")
     args = parser.parse_args(argv)
     cases = generate(args.out_dir)
     total = sum(len(c.data) for c in cases)
     print(f"{len(cases)} cases, {total / 1e6:.1f} MB, written to {args.out_dir}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the corpus to a directory."""
+    return write_corpus(argv, "tests.security.corpus", __doc__ or "", generate)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from ray.serve.exceptions import BackPressureError
 from contract.answers import ClassificationPrediction, GenerateResponse, PredictResponse
 from contract.errors import ERROR_CODE_HEADER
 from contract.params import ClassificationParams
-from deployments.args import AuthArgs, LimitsArgs
+from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.auth import Lease, hash_key
 from deployments.errors import InvalidImage
 from deployments.gateway import Gateway
 from deployments.ingress import Ingress
-from deployments.rest.app import create_app
+from deployments.rest.app import create_app, reference_app
 from deployments.schemas import ModelCard
 
 KEY, OTHER_KEY = "vmk_" + "a" * 43, "vmk_" + "b" * 43
@@ -162,14 +162,19 @@ def call(stub: StubModel) -> Call:
     return routes(stub)
 
 
-def test_each_ingress_replica_builds_this_app_over_itself(stub: StubModel) -> None:
-    """The Serve deployment is the gateway; the app it builds is create_app's, over that replica."""
+@pytest.mark.parametrize("training", [False, True])
+def test_each_ingress_replica_builds_this_app_over_itself(stub: StubModel, tmp_path: Path, training: bool) -> None:
+    """The Serve deployment is the gateway; the app it builds is create_app's, over that replica,
+    with the lifecycle routes when training is enabled."""
     replica_class: Any = Ingress.func_or_class  # type: ignore[attr-defined]
     assert issubclass(replica_class, Gateway)
     replica = object.__new__(replica_class)
-    Gateway.__init__(replica, {"digits_cnn": stub}, {"digits_cnn": card("digits_cnn", "classification")}, LimitsArgs(), AuthArgs(enabled=False), None)  # type: ignore[arg-type]  # fmt: skip
+    ingress_class = replica_class.__mro__[1]  # the class @serve.ingress wrapped
+    ingress_class.__init__(replica, {"digits_cnn": stub}, {"digits_cnn": card("digits_cnn", "classification")}, LimitsArgs(), AuthArgs(enabled=False), None, TrainingArgs(enabled=training, store=str(tmp_path)))  # fmt: skip
     app = replica_class.__serve_build_asgi_app__(replica)
-    assert app.openapi() == create_app(Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None)).openapi()
+    gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None)
+    expected = reference_app() if training else create_app(gateway)
+    assert app.openapi() == expected.openapi()
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
