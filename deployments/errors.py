@@ -65,6 +65,13 @@ class ModelNotFound(ServingError):
     code = "model_not_found"
 
 
+class Conflict(ServingError):
+    """409: the request contradicts the current state (a name taken, a version already stable)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class RouteNotSupported(ServingError):
     """404: the model exists but its task has no such route (e.g. :generate on a classifier)."""
 

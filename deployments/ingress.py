@@ -18,4 +18,4 @@ class Ingress(Gateway):
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Built in the replica, over this replica's gateway: the routes are plain functions
         # that close over it (no class-based views, nothing frozen by cloudpickle).
-        return create_app(self)
+        return create_app(self, self.training)

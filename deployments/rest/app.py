@@ -21,11 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.errors import error_payload
 from deployments import openapi, schemas, telemetry
-from deployments.args import AuthArgs, LimitsArgs
+from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.errors import InvalidParameters, ServingError, Unavailable
 from deployments.gateway import Gateway
-from deployments.rest import v1, v2
+from deployments.rest import rollouts, v1, v2
 from deployments.rest.common import CREDENTIAL, SERVER_NAME, SERVER_VERSION
+from deployments.store import Store
 from deployments.topology import hot_route
 
 RETRY_AFTER_S = "1"
@@ -172,8 +173,9 @@ def _errors_and_observation(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The whole HTTP API over `gateway` (the catalogue application's)."""
+def create_app(gateway: Gateway, training: TrainingArgs | None = None) -> FastAPI:
+    """The whole HTTP API over `gateway` (the catalogue application's); with `training` (enabled),
+    the data set, training and rollout routes over its model store."""
     app = FastAPI(
         title=SERVER_NAME,
         version=SERVER_VERSION,
@@ -184,6 +186,9 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.include_router(v1.router(gateway))
     _service_routes(app, gateway)
     app.include_router(v2.router(gateway))
+    if training is not None and training.enabled:
+        store = Store.at(training.store)
+        app.include_router(rollouts.router(gateway, store))
     return app
 
 
@@ -237,5 +242,6 @@ def create_model_app(
 
 
 def reference_app() -> FastAPI:
-    """The app over no models: the served routes and OpenAPI document, without Ray."""
-    return create_app(Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None))
+    """The app over no models: the served routes and OpenAPI document, without Ray (training on,
+    so that its routes are documented too)."""
+    return create_app(Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None), TrainingArgs(enabled=True))
