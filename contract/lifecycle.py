@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contract.answers import examples
 from contract.tasks import MODEL_NAME
 
 # A version is named by its weights' hash (the first 12 hex digits of their sha256), as the
@@ -137,7 +138,43 @@ class ModelVersion(BaseModel):
     percent: int = Field(0, description="Share of the model's :predict traffic this version answers.")
 
 
+_REPORT_EXAMPLE = {
+    "accuracy": 0.98,
+    "macro_precision": 0.98,
+    "macro_recall": 0.98,
+    "macro_f1": 0.98,
+    "per_class": {
+        "circle": {"precision": 1.0, "recall": 0.96, "f1": 0.98, "support": 25},
+        "square": {"precision": 0.96, "recall": 1.0, "f1": 0.98, "support": 25},
+    },
+    "labels": ["circle", "square"],
+    "confusion_matrix": [[24, 1], [0, 25]],
+    "curve": [{"epoch": 1, "loss": 0.41, "val_accuracy": 0.9}, {"epoch": 2, "loss": 0.12, "val_accuracy": 0.98}],
+    "train_images": 200,
+    "val_images": 50,
+}
+
+
 class ModelVersionList(BaseModel):
+    model_config = examples(
+        {
+            "name": "shapes",
+            "versions": [
+                {
+                    "name": "shapes",
+                    "version": "4f1c2a9b7e3d",
+                    "base_model": "digits_cnn",
+                    "dataset": "9a8b7c6d5e4f3a2b",
+                    "categories": ["circle", "square"],
+                    "created": 1796000000.0,
+                    "job": "j-5d41402abc4b",
+                    "report": _REPORT_EXAMPLE,
+                    "state": "stable",
+                    "percent": 80,
+                }
+            ],
+        }
+    )
     name: str
     versions: list[ModelVersion]
 
@@ -145,12 +182,20 @@ class ModelVersionList(BaseModel):
 class RolloutRequest(_Strict):
     """`POST /v1/models/{model}/rollout`: send `percent` of :predict to `version`; 100 promotes it."""
 
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"version": "7d2e9c1a0b5f", "percent": 20}]}
+    )
+
     version: str = Field(pattern=VERSION_PATTERN)
     percent: int = Field(ge=1, le=100)
 
 
 class Rollout(BaseModel):
     """Which versions answer a model's :predict: the stable one, and a canary with its share."""
+
+    model_config = examples(
+        {"name": "shapes", "stable": "4f1c2a9b7e3d", "canary": "7d2e9c1a0b5f", "percent": 20, "history": []}
+    )
 
     name: str
     stable: str | None = None

@@ -52,6 +52,14 @@ LIMITER_OPTIONS: dict[str, Any] = {
 }
 
 
+# Trained versions of the model store (deployments.store_models), when training is on.
+STORE_MODELS_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.5},
+    "max_ongoing_requests": 256,
+}
+
+
 def _cards(app_args: AppArgs) -> dict[str, ModelCard]:
     """Every configured model's card; resolving the specs checks weights names and pins before any
     replica starts (loading the weights themselves happens in the replicas)."""
@@ -83,10 +91,23 @@ def _limiter(app_args: AppArgs) -> Application | None:
     return limiter
 
 
+def _store_models(app_args: AppArgs) -> Application | None:
+    """The deployment serving the model store's trained versions, when training is on."""
+    if not app_args.training.enabled:
+        return None
+    # Imported here: the ingress's process needs none of torch's serving side.
+    from deployments.store_models import StoreModelsDeployment
+
+    store_models: Application = StoreModelsDeployment.options(**STORE_MODELS_OPTIONS).bind(  # type: ignore[attr-defined]
+        app_args.training, app_args.limits
+    )
+    return store_models
+
+
 def _ingress(app_args: AppArgs, models: dict[str, Any], cards: dict[str, ModelCard]) -> Application:
     ingress = Ingress.options(**INGRESS_OPTIONS)  # type: ignore[attr-defined]
     app: Application = ingress.bind(
-        models, cards, app_args.limits, app_args.auth, _limiter(app_args), app_args.training
+        models, cards, app_args.limits, app_args.auth, _limiter(app_args), app_args.training, _store_models(app_args)
     )
     return app
 

@@ -72,6 +72,13 @@ class NotFound(ServingError):
     code = "not_found"
 
 
+class Conflict(ServingError):
+    """409: the request contradicts the current state (a name taken, a version already stable)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class RouteNotSupported(ServingError):
     """404: the model exists but its task has no such route (e.g. :generate on a classifier)."""
 

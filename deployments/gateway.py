@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from contract.answers import PredictResponse
 from contract.tasks import IMAGE_TASKS
 from deployments import inputs, schemas
-from deployments.args import AuthArgs, LimitsArgs
+from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.auth import KeyStore, Tenant
 from deployments.errors import (
     Forbidden,
@@ -37,7 +37,9 @@ from deployments.errors import (
     as_serving_error,
 )
 from deployments.leases import LeaseCache
+from deployments.rollouts import TrainedModels
 from deployments.schemas import ModelCard
+from deployments.store import Store
 from models.images import ImageError, ImageLimits, decode_image
 
 logger = logging.getLogger("ray.serve")
@@ -98,6 +100,8 @@ class Gateway:
         limits: LimitsArgs,
         auth: AuthArgs,
         limiter: DeploymentHandle[Any] | None,
+        training: TrainingArgs | None = None,
+        store_models: Any = None,
     ) -> None:
         # A model is a handle (to a deployment of this application, or this replica's LocalHandle),
         # or the name of the model's own application (deployments.topology), resolved here, in the
@@ -107,6 +111,12 @@ class Gateway:
             for name, model in models.items()
         }
         self.cards = cards
+        # Training, when on: its routes, and the model store's trained models (deployments.rollouts)
+        # served by name beside the configured ones, each :predict by the version its rollout picks.
+        self.training = training if training is not None and training.enabled else None
+        self.trained: TrainedModels | None = None
+        if self.training is not None and store_models is not None:
+            self.trained = TrainedModels(Store.at(self.training.store), store_models)
         self.limits = limits
         self._limiter = limiter
         # Rate limits and quotas are counted by the limiter, leased a few requests at a time.
@@ -122,7 +132,10 @@ class Gateway:
         """The first steps of every model route, in one order: the model (and version) must be
         served, then the key must allow it (and the tenant's rate limit). Only then may a route
         read the body, parse its parameters and call the model."""
-        card = self.card(model, version)
+        if model not in self.cards and self.trained is not None and self.trained.serves(model):
+            card = await self.trained.card(model, version)
+        else:
+            card = self.card(model, version)
         _, headers = await self.authorize(key, model)
         return card, headers
 
@@ -171,7 +184,7 @@ class Gateway:
 
     async def call(self, model: str, method: str, *args: Any) -> Any:
         """Call a model deployment method, mapping timeouts, backpressure and domain errors."""
-        response = getattr(self.models[model], method).remote(*args)
+        response = getattr(self._handle(model), method).remote(*args)
         try:
             return await asyncio.wait_for(_awaitable(response), self.limits.request_timeout_s)
         except TimeoutError:
@@ -190,10 +203,20 @@ class Gateway:
                 raise ServingError("internal error") from None
             raise error from None
 
+    def _handle(self, model: str) -> Any:
+        """What reaches the model: its deployment, or for a trained model the replica holding the
+        version this request was routed to."""
+        handle = self.models.get(model)
+        if handle is None and self.trained is not None:
+            return self.trained.routed(model)
+        if handle is None:
+            raise ModelNotFound(f"model {model!r} is not served; see GET /v1/models")
+        return handle
+
     async def model_ready(self, model: str) -> bool:
         """Whether the model answers its readiness call within READY_TIMEOUT_S."""
         try:
-            return bool(await asyncio.wait_for(_awaitable(self.models[model].ready.remote()), READY_TIMEOUT_S))
+            return bool(await asyncio.wait_for(_awaitable(self._handle(model).ready.remote()), READY_TIMEOUT_S))
         except Exception:
             return False
 

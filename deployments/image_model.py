@@ -39,6 +39,7 @@ from deployments.cards import model_card
 from deployments.errors import InvalidParameters, Overloaded, ServingError
 from deployments.gateway import Gateway, LocalHandle
 from deployments.rest.app import create_model_app
+from deployments.schemas import ModelCard
 from deployments.telemetry import ModelMetrics
 from deployments.topology import task_verb
 from models.backends import apply_backend
@@ -97,16 +98,21 @@ class ImageModel:
         artifacts: ArtifactsArgs,
         auth: AuthArgs | None = None,
         application: str | None = None,
+        spec: ModelSpec | None = None,
     ) -> None:
-        self._spec: ModelSpec = get_spec(model.registry_key, model.weights, model.sha256, model.name)
+        """`spec`, when given, is a model resolved and verified by its caller (a trained version of
+        the model store, deployments.store_models); otherwise `model` is resolved in the registry."""
         self._served_limits = limits
         self._auth = auth or AuthArgs(enabled=False)
         # The catalogue application whose rate limiter this replica's own routes use.
         self._application = application
-        # Before any byte of the weights is loaded: a changed, added or unsigned file stops the replica.
-        verified = verify_weights(self._spec, model, artifacts)
-        if verified:
-            logger.info(verified)
+        if spec is None:
+            spec = get_spec(model.registry_key, model.weights, model.sha256, model.name)
+            # Before any byte of the weights is loaded: a changed, added or unsigned file stops the replica.
+            verified = verify_weights(spec, model, artifacts)
+            if verified:
+                logger.info(verified)
+        self._spec: ModelSpec = spec
         self._limits = ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
         self._video_limits = VideoLimits(
             max_bytes=limits.max_body_bytes,
@@ -143,7 +149,7 @@ class ImageModel:
         self._batch_seconds: defaultdict[int, float] = defaultdict(float)
         self._ongoing = 0
         self._held = 0  # admitted requests (see admitted()), reading their body or computing
-        self._metrics = ModelMetrics(self._spec.name)
+        self._metrics = ModelMetrics(self._spec.name, self._spec.weights.version)
         self._metrics.load_seconds.set(self._load_seconds)
         logger.info(
             "model %s loaded in %.2fs on %s with %d threads (weights %s)",
@@ -589,6 +595,10 @@ class ImageModel:
             params = {} if labels is None else {"label": int(np.asarray(labels).reshape(-1)[row])}
             rows.extend(self._sample(1, int(seed), params))
         return rows
+
+    def card(self) -> ModelCard:
+        """What a gateway knows of this model without asking it (deployments.cards)."""
+        return model_card(self._spec)
 
     def metadata(self) -> dict[str, Any]:
         """Catalogue entry: task, input, labels, weights, live batching settings, device."""

@@ -3,17 +3,11 @@ over it in each replica. No torch here."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from fastapi import FastAPI
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
-from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.gateway import Gateway
 from deployments.rest.app import create_app, lifecycle_routers
-from deployments.schemas import ModelCard
 
 
 @serve.deployment  # options: deployments.app.INGRESS_OPTIONS
@@ -21,19 +15,7 @@ from deployments.schemas import ModelCard
 class Ingress(Gateway):
     """Parses and limits requests, then calls the model deployment named in the URL."""
 
-    def __init__(
-        self,
-        models: Mapping[str, DeploymentHandle[Any] | str],
-        cards: dict[str, ModelCard],
-        limits: LimitsArgs,
-        auth: AuthArgs,
-        limiter: DeploymentHandle[Any] | None,
-        training: TrainingArgs | None = None,
-    ) -> None:
-        super().__init__(models, cards, limits, auth, limiter)
-        self.training = training or TrainingArgs()
-
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Built in the replica, over this replica's gateway: the routes are plain functions
         # that close over it (no class-based views, nothing frozen by cloudpickle).
-        return create_app(self, lifecycle_routers(self, self.training))
+        return create_app(self, lifecycle_routers(self))

@@ -20,6 +20,7 @@ _ERRORS: dict[int, str] = {
     403: "The API key may not use this model",
     404: "Unknown model, version or route",
     406: "Accept: image/png with more than one image",
+    409: "Contradicts the current state (a version already stable, nothing to roll back to)",
     408: "Timed out",
     413: "Body, image bytes, pixel count or image count over the limit",
     415: "Unsupported content type or image format",

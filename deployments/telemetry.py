@@ -57,15 +57,16 @@ class IngressMetrics:
 class ModelMetrics:
     """Per-replica metrics of one model deployment."""
 
-    def __init__(self, model: str) -> None:
-        tags = {"model": model}
+    def __init__(self, model: str, version: str) -> None:
+        # By version too: a canary's figures apart from its stable version's (deployments.rollouts).
+        tags = {"model": model, "version": version}
         self.queue_wait = _tagged(
             tags,
             metrics.Histogram(
                 PREFIX + "queue_wait_ms",
                 description="Time an item waited for its batch to start.",
                 boundaries=LATENCY_MS_BOUNDARIES,
-                tag_keys=_keys("model"),
+                tag_keys=_keys("model", "version"),
             ),
         )
         self.preprocess = _tagged(
@@ -74,7 +75,7 @@ class ModelMetrics:
                 PREFIX + "preprocess_ms",
                 description="Decode and preprocess time of one request.",
                 boundaries=LATENCY_MS_BOUNDARIES,
-                tag_keys=_keys("model"),
+                tag_keys=_keys("model", "version"),
             ),
         )
         self.batch_execution = _tagged(
@@ -83,7 +84,7 @@ class ModelMetrics:
                 PREFIX + "batch_execution_ms",
                 description="Forward pass time of one batch.",
                 boundaries=LATENCY_MS_BOUNDARIES,
-                tag_keys=_keys("model"),
+                tag_keys=_keys("model", "version"),
             ),
         )
         self.batch_size = _tagged(
@@ -92,7 +93,7 @@ class ModelMetrics:
                 PREFIX + "batch_size",
                 description="Items per executed batch.",
                 boundaries=BATCH_SIZE_BOUNDARIES,
-                tag_keys=_keys("model"),
+                tag_keys=_keys("model", "version"),
             ),
         )
         self.ongoing = _tagged(
@@ -100,7 +101,7 @@ class ModelMetrics:
             metrics.Gauge(
                 PREFIX + "ongoing_requests",
                 description="Requests in this replica (decoding, queued or computing).",
-                tag_keys=_keys("model"),
+                tag_keys=_keys("model", "version"),
             ),
         )
         self.load_seconds = _tagged(
@@ -108,7 +109,7 @@ class ModelMetrics:
             metrics.Gauge(
                 PREFIX + "model_load_seconds",
                 description="Time the replica took to build the model and load its weights.",
-                tag_keys=_keys("model"),
+                tag_keys=_keys("model", "version"),
             ),
         )
 

@@ -24,7 +24,7 @@ from deployments import openapi, schemas, telemetry
 from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.errors import InvalidParameters, ServingError, Unavailable
 from deployments.gateway import Gateway
-from deployments.rest import datasets, v1, v2
+from deployments.rest import datasets, rollouts, v1, v2
 from deployments.rest.common import CREDENTIAL, SERVER_NAME, SERVER_VERSION
 from deployments.store import Store
 from deployments.topology import hot_route
@@ -173,12 +173,12 @@ def _errors_and_observation(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-def lifecycle_routers(gateway: Gateway, training: TrainingArgs) -> list[APIRouter]:
-    """The data set, training and rollout routes (admin scope): none unless training is enabled."""
-    if not training.enabled:
+def lifecycle_routers(gateway: Gateway) -> list[APIRouter]:
+    """The data set, training and rollout routes (admin scope): none unless the gateway's training is on."""
+    if gateway.training is None:
         return []
-    store = Store.at(training.store)
-    return [datasets.router(gateway, store, training.datasets)]
+    store = Store.at(gateway.training.store)
+    return [datasets.router(gateway, store, gateway.training.datasets), rollouts.router(gateway, store)]
 
 
 def create_app(gateway: Gateway, lifecycle: Sequence[APIRouter] = ()) -> FastAPI:
@@ -249,5 +249,5 @@ def create_model_app(
 
 def reference_app() -> FastAPI:
     """The app over no models, training enabled: the served routes and OpenAPI document, without Ray."""
-    gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None)
-    return create_app(gateway, lifecycle_routers(gateway, TrainingArgs(enabled=True)))
+    gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None, TrainingArgs(enabled=True))
+    return create_app(gateway, lifecycle_routers(gateway))

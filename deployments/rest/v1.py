@@ -3,6 +3,7 @@ the catalogue. Each model route starts at the gateway, then reads its body, then
 
 import asyncio
 import base64
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -36,7 +37,21 @@ def router(gateway: Gateway, only: str | None = None) -> APIRouter:
     )
     async def predict(model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Images as a raw body, multipart `image` parts or JSON `instances`; parameters in the query, form or JSON."""
-        card, headers = await gateway.gate(model, key)
+        return await _predict(model, None, request, key)
+
+    @api.post(
+        "/v1/models/{model}/versions/{version}:predict",
+        response_model=answers.PredictResponse,
+        responses=openapi.errors(*INFER_ERRORS),
+        openapi_extra=openapi.PREDICT_OPENAPI,
+        summary="Predict with one version of a model",
+    )
+    async def predict_version(model: str, version: str, request: Request, key: str | None = CREDENTIAL) -> Response:
+        """As :predict, answered by `version` whatever the model's rollout (404 when it has no such version)."""
+        return await _predict(model, version, request, key)
+
+    async def _predict(model: str, version: str | None, request: Request, key: str | None) -> Response:
+        card, headers = await gateway.gate(model, key, version)
         if card.task not in schemas.PARAMS_BY_TASK:
             raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route; see its task's route")
         video = card.task == Task.VIDEO_CLASSIFICATION
@@ -120,8 +135,15 @@ def router(gateway: Gateway, only: str | None = None) -> APIRouter:
     async def list_models(key: str | None = CREDENTIAL) -> Response:
         """Every model the caller's API key may use, read live from its replicas."""
         tenant, headers = await gateway.authorize(key, None)
-        names = [name for name in gateway.cards if tenant is None or tenant.may_use(name)]
-        entries = await asyncio.gather(*(gateway.call(name, "metadata") for name in names))
+        trained = gateway.trained.names() if gateway.trained is not None else []
+        names = [name for name in [*gateway.cards, *trained] if tenant is None or tenant.may_use(name)]
+
+        async def entry(name: str) -> Any:
+            if name not in gateway.cards and gateway.trained is not None:
+                gateway.trained.pin_stable(name)  # a trained model's entry is its stable version's
+            return await gateway.call(name, "metadata")
+
+        entries = await asyncio.gather(*(entry(name) for name in names))
         return JSONResponse({"models": list(entries)}, headers=headers)
 
     @api.get(

@@ -39,9 +39,9 @@ CASES = archives.generate()
 def app_over(
     store: Path, *, limits: DatasetLimits = LIMITS, auth: AuthArgs | None = None, enabled: bool = True
 ) -> FastAPI:
-    gateway = Gateway({}, {}, LimitsArgs(), auth or AuthArgs(enabled=False), None)
     training = TrainingArgs(enabled=enabled, store=str(store), datasets=limits)
-    return create_app(gateway, lifecycle_routers(gateway, training))
+    gateway = Gateway({}, {}, LimitsArgs(), auth or AuthArgs(enabled=False), None, training)
+    return create_app(gateway, lifecycle_routers(gateway))
 
 
 def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
