@@ -324,7 +324,7 @@ def test_the_routes_are_absent_unless_training_is_enabled(tmp_path: Path) -> Non
     for method, path in ROUTES:
         response = call(app, method, path, files={"archive": ("a.zip", b"PK")} if method == "POST" else None)
         assert (response.status_code, error_code(response)) == (404, "not_found")
-    assert not any(path.startswith("/v1/datasets") for path in app.openapi()["paths"])
+    assert not any(getattr(route, "path", "").startswith("/v1/datasets") for route in app.routes)
     assert not tmp_path.joinpath("datasets").exists()
 
 
