@@ -753,7 +753,8 @@ def job_tables(job: TrainingJob) -> list[Table]:
         ("finished", _when(job.finished)),
     ]
     for name, value in rows:
-        _row(table, name, value, style="red" if name == "status" and job.status == "failed" else "")
+        if value:  # a job not started yet has no start time, and so on
+            _row(table, name, value, style="red" if name == "status" and job.status == "failed" else "")
     return [table, *(report_tables(job.report) if job.report is not None else [])]
 
 
@@ -807,8 +808,8 @@ class _Bars:
             disable=quiet or not self.console.is_terminal,
         )
 
-    def add(self, description: str) -> TaskID:
-        return self.progress.add_task(description, total=None, detail="")
+    def add(self, description: str, visible: bool = True) -> TaskID:
+        return self.progress.add_task(description, total=None, detail="", visible=visible)
 
     def update(self, task: TaskID, done: float, total: float | None, detail: str) -> None:
         self.progress.update(task, completed=done, total=total, detail=detail)
@@ -864,7 +865,7 @@ def datasets_upload(settings: Settings, path: Path, as_json: bool) -> None:
     tar.gz archive. Every image is checked by the server; files it cannot use are listed."""
     bars = _Bars(as_json)
     with settings.client() as client, bars.progress:
-        packing = bars.add("packing")
+        packing = bars.add("packing", visible=path.is_dir())
         sending = bars.add("uploading")
 
         def packed(done: int, total: int) -> None:
