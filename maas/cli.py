@@ -347,6 +347,7 @@ _json = click.option("--json", "as_json", is_flag=True, help="JSON lines instead
 @click.option("--batch", "-b", type=click.IntRange(1, 64), default=8, show_default=True, help="Images per request.")
 @_json
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Write annotated images here.")
+@click.option("--model-version", help="That version of a trained model only, whatever its rollout.")
 @click.pass_obj
 def predict(
     settings: Settings,
@@ -356,6 +357,7 @@ def predict(
     batch: int,
     as_json: bool,
     out: Path | None,
+    model_version: str | None,
 ) -> None:
     """Predict on images (directories: their image files, sorted); any task."""
     console = Console()
@@ -371,7 +373,7 @@ def predict(
         parameters = _params(params)
 
         def send(paths: list[Path]) -> dict[str, Any]:
-            return client.predict(model, paths, **parameters)
+            return client.predict(model, paths, version=model_version, **parameters)
 
         for item, outcome in _run_batches(files, batch, send, "predictions", as_json):
             written = ""
@@ -759,7 +761,8 @@ def job_tables(job: TrainingJob) -> list[Table]:
 
 
 def versions_table(found: Sequence[ModelVersion]) -> Table:
-    table = _table("version", "state", "traffic", "accuracy", "macro F1", "base model", "dataset", "created", "job")
+    columns = ("version", "state", "traffic", "accuracy", "macro F1", "base model", "dataset", "created", "job")
+    table = _table(*columns, whole_first=True)
     for version in found:
         style = {"stable": "bold", "canary": "cyan", "inactive": "dim"}.get(version.state, "")
         report = version.report

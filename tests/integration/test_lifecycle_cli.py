@@ -5,6 +5,7 @@ the job's events, read the report, list versions, roll a second version out and 
 from __future__ import annotations
 
 import json
+import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from tests.lifecycle import BROKEN, CLASSES, digit_folder, needs, require_served
 # A job here trains digits_cnn on 36 images for two epochs: seconds of work, but each job also
 # starts Ray Train workers on a 2-core machine.
 EPOCHS = "2"
+
+
+@pytest.fixture(autouse=True)
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables as wide as their rows: ids and versions are checked whole."""
+    monkeypatch.setenv("COLUMNS", "200")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str, status: int = 0) -> tuple[str, str]:
@@ -59,10 +66,19 @@ def test_datasets_upload_list_show_and_delete_a_folder(
     again, _ = run(capsys, "--url", base_url, "datasets", "upload", str(digit_folder(tmp_path / "again")))
     assert f"data set {dataset.id}: 36 images in 3 classes" in again
     assert BROKEN in again  # the table of files not kept
+    # The folder as a tar.gz archive: other bytes, so another data set, of the same images.
+    archive = tmp_path / "digits.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for label in CLASSES:
+            tar.add(tmp_path / "digits" / label, arcname=label)
+    out, _ = run(capsys, "--url", base_url, "datasets", "upload", str(archive), "--json")
+    from_archive = Dataset.model_validate_json(out)
+    assert (from_archive.classes, [item.file for item in from_archive.rejected]) == (dataset.classes, [BROKEN])
     listed, _ = run(capsys, "--url", base_url, "datasets", "list", "--json")
-    assert dataset.id in [item["id"] for item in json.loads(listed)]
+    assert {dataset.id, from_archive.id} <= {item["id"] for item in json.loads(listed)}
     shown, _ = run(capsys, "--url", base_url, "datasets", "show", dataset.id)
     assert all(label in shown for label in CLASSES)
+    run(capsys, "--url", base_url, "datasets", "delete", from_archive.id)
     run(capsys, "--url", base_url, "datasets", "delete", dataset.id)
     _, err = run(capsys, "--url", base_url, "datasets", "show", dataset.id, status=1)
     assert "(HTTP 404)" in err
@@ -128,7 +144,11 @@ def test_a_cancelled_job_ends_cancelled_and_cannot_be_cancelled_again(
 @pytest.mark.slow
 @needs("datasets", "jobs", "versions")
 def test_versions_roll_out_as_a_canary_and_back_from_the_command_line(
-    base_url: str, dataset: Dataset, digit_pngs: list[tuple[bytes, int]], capsys: pytest.CaptureFixture[str]
+    base_url: str,
+    dataset: Dataset,
+    digit_pngs: list[tuple[bytes, int]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The first version is stable; a second, rolled out at 20%, is the canary; rolled back, it is gone."""
     require_served(base_url, "jobs", "versions")
@@ -165,6 +185,10 @@ def test_versions_roll_out_as_a_canary_and_back_from_the_command_line(
     with VisionClient(base_url) as client:
         for version in made:
             assert client.predict(name, png, version=version)["model_version"] == version
+    image = tmp_path / "digit.png"
+    image.write_bytes(png)
+    out, _ = run(capsys, "--url", base_url, "predict", str(image), "-m", name, "--model-version", second, "--json")
+    assert json_lines(out)[0]["prediction"]["labels"][0]["label"] in CLASSES
 
     out, _ = run(capsys, "--url", base_url, "rollback", name, "--json")
     back = Rollout.model_validate_json(out)

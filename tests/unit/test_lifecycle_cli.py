@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +24,7 @@ from contract.lifecycle import (
     TrainingJob,
     TrainingJobRequest,
 )
+from maas import cli
 from maas.cli import (
     dataset_tables,
     describe_progress,
@@ -33,6 +35,7 @@ from maas.cli import (
     rollout_table,
     versions_table,
 )
+from maas.client import VisionClient
 
 V1, V2 = "0123456789ab", "ba9876543210"
 REPORT = EvaluationReport(
@@ -194,3 +197,24 @@ def test_command_lines_are_refused_with_exit_2_before_any_request(
     err = capsys.readouterr().err
     assert says in err
     assert "Traceback" not in err
+
+
+def test_predict_asks_the_one_version_named_by_model_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        if request.method == "GET":
+            return httpx.Response(200, json={"name": "shapes", "task": "classification"})
+        prediction = {"labels": [{"label": "star", "index": 2, "score": 0.9}]}
+        return httpx.Response(200, json={"model": "shapes", "model_version": V2, "predictions": [prediction]})
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(cli.Settings, "client", lambda s: VisionClient(s.url, transport=transport))
+    image = tmp_path / "star.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert main(["predict", str(image), "-m", "shapes", "--model-version", V2, "--json"]) == 0
+    assert paths == ["/v1/models/shapes", f"/v1/models/shapes/versions/{V2}:predict"]
+    assert '"star"' in capsys.readouterr().out
