@@ -1030,7 +1030,7 @@ def rollout(settings: Settings, model: str, version: str | None, percent: int | 
 @_json
 @click.pass_obj
 def rollback(settings: Settings, model: str, as_json: bool) -> None:
-    """Return MODEL to its previous stable version; a canary is dropped."""
+    """Drop MODEL's canary; without one, return to its previous stable version."""
     with settings.client() as client:
         state = client.rollback(model)
     _show(as_json, state, rollout_table(state))

@@ -904,7 +904,7 @@ class VisionClient(_Base):
         return _parsed(self._send(_train_call(training_request(request, **fields))), TrainingJob)
 
     def jobs(self) -> list[TrainingJob]:
-        """The training jobs, newest first as the server lists them."""
+        """The training jobs, oldest first."""
         return _parsed(self._send(_Call("GET", JOBS_PATH)), TrainingJobList).jobs
 
     def job(self, job_id: str) -> TrainingJob:
@@ -953,7 +953,7 @@ class VisionClient(_Base):
         return _parsed(self._send(_rollout_call(model, version, percent)), Rollout)
 
     def rollback(self, model: str) -> Rollout:
-        """Return the model to its previous stable version (a canary is dropped)."""
+        """Drop the canary; without one, return to the previous stable version (ApiError 409 when there is none)."""
         return _parsed(self._send(_Call("POST", f"{_model_path(model)}/rollback")), Rollout)
 
     def healthy(self) -> bool:
@@ -1128,7 +1128,7 @@ class AsyncVisionClient(_Base):
         return _parsed(await self._send(_train_call(training_request(request, **fields))), TrainingJob)
 
     async def jobs(self) -> list[TrainingJob]:
-        """The training jobs, newest first as the server lists them."""
+        """The training jobs, oldest first."""
         return _parsed(await self._send(_Call("GET", JOBS_PATH)), TrainingJobList).jobs
 
     async def job(self, job_id: str) -> TrainingJob:
@@ -1179,7 +1179,7 @@ class AsyncVisionClient(_Base):
         return _parsed(await self._send(_rollout_call(model, version, percent)), Rollout)
 
     async def rollback(self, model: str) -> Rollout:
-        """Return the model to its previous stable version (a canary is dropped)."""
+        """Drop the canary; without one, return to the previous stable version (ApiError 409 when there is none)."""
         return _parsed(await self._send(_Call("POST", f"{_model_path(model)}/rollback")), Rollout)
 
     async def healthy(self) -> bool:
