@@ -295,6 +295,7 @@
     if (job.version) parts.push(`version ${job.version}`);
     if (job.error) parts.push(job.error);
     $("job-status").textContent = parts.join(" · ");
+    if (job.status === "failed") showError(new ApiError(0, "job_failed", job.error || "the job failed"));
     if (p && p.loss !== null && p.loss !== undefined) addPoint(p);
     if (job.report) {
       drawCurve(job.report.curve.map((c) => ({ x: c.epoch, loss: c.loss, accuracy: c.val_accuracy })), "report");
@@ -497,7 +498,17 @@
         box.dataset.set = "true";
       });
     }
-    const load = () => attempt(() => Promise.all([loadDatasets(), loadBaseModels(), loadRequestSchema()]));
+    const load = () =>
+      attempt(async () => {
+        try {
+          await Promise.all([loadDatasets(), loadBaseModels(), loadRequestSchema()]);
+        } catch (exc) {
+          if (exc instanceof ApiError && exc.status === 404) {
+            throw new ApiError(404, exc.code, "this server has no training routes: they are on when `training.enabled` is set in its config");
+          }
+          throw exc;
+        }
+      });
     $("api-key").addEventListener("change", load);
     startCurve();
     load().then(() => {
