@@ -189,6 +189,19 @@ def test_upload_streams_the_packed_folder_as_the_archive_part_and_reports_bytes(
     assert int(request.headers["content-length"]) == len(request.content)  # streamed, with its length known
 
 
+def test_async_upload_streams_the_same_archive(dataset_folder: Path) -> None:
+    seen, transport = recording(lambda _: httpx.Response(201, json=DATASET))
+
+    async def upload() -> None:
+        async with AsyncVisionClient("http://maas.test", transport=transport) as client:
+            await client.upload_dataset(dataset_folder, progress=lambda done, total: None)
+
+    asyncio.run(upload())
+    packed = io.BytesIO()
+    pack_folder(dataset_folder, packed)
+    assert archive_part(seen[0]) == ("shapes.zip", "application/zip", packed.getvalue())
+
+
 def test_upload_is_sent_again_whole_when_the_server_is_overloaded(tmp_path: Path) -> None:
     archive = tmp_path / "set.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
