@@ -1,4 +1,5 @@
-"""The `maas` command line: predict, explain, generate, annotate, list models, load-test a server.
+"""The `maas` command line: predict, explain, generate, annotate, list models, load-test a server;
+upload data sets, train models, follow jobs, list versions, roll them out and back.
 
 Exit status: 0 when every request succeeded, 1 when the server (or the network) refused one,
 with the server's error code and message and no traceback, 2 for usage errors.
@@ -21,14 +22,17 @@ import click
 import httpx
 import numpy as np
 from PIL import Image, ImageOps
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from contract.lifecycle import FINISHED, Dataset, EvaluationReport, ModelVersion, Rollout, TrainingJob
 from contract.params import MAX_SEED
 from contract.tasks import Task
-from maas.client import ApiError, AsyncVisionClient, ParamValue, RetryPolicy, VisionClient
+from maas.archive import ArchiveError
+from maas.client import ApiError, AsyncVisionClient, ParamValue, RetryPolicy, VisionClient, training_request
 from maas.draw import BACKGROUND_LABELS, DrawError, annotate_image, decode_png
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -327,7 +331,7 @@ def _params(pairs: Sequence[tuple[str, ParamValue]]) -> dict[str, Any]:
 )
 @click.pass_context
 def cli(ctx: click.Context, url: str, api_key: str | None, timeout: float) -> None:
-    """Call the vision-maas models: predict, explain, generate, annotate, list, load-test."""
+    """Call the vision-maas models: predict, explain, generate, annotate, list, load-test; train your own."""
     ctx.obj = Settings(url.rstrip("/"), api_key or None, timeout)
 
 
@@ -343,6 +347,7 @@ _json = click.option("--json", "as_json", is_flag=True, help="JSON lines instead
 @click.option("--batch", "-b", type=click.IntRange(1, 64), default=8, show_default=True, help="Images per request.")
 @_json
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Write annotated images here.")
+@click.option("--model-version", help="That version of a trained model only, whatever its rollout.")
 @click.pass_obj
 def predict(
     settings: Settings,
@@ -352,6 +357,7 @@ def predict(
     batch: int,
     as_json: bool,
     out: Path | None,
+    model_version: str | None,
 ) -> None:
     """Predict on images (directories: their image files, sorted); any task."""
     console = Console()
@@ -367,7 +373,7 @@ def predict(
         parameters = _params(params)
 
         def send(paths: list[Path]) -> dict[str, Any]:
-            return client.predict(model, paths, **parameters)
+            return client.predict(model, paths, version=model_version, **parameters)
 
         for item, outcome in _run_batches(files, batch, send, "predictions", as_json):
             written = ""
@@ -598,6 +604,436 @@ def models(settings: Settings, as_json: bool) -> None:
             _batching(entry.get("batching")),
         )
     Console().print(table)
+
+
+# ---- training and the model lifecycle ----------------------------------------------------------
+
+
+def _when(timestamp: float | None) -> str:
+    """A Unix time as UTC, to the second; empty when there is none."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(timestamp)) if timestamp is not None else ""
+
+
+def _fraction(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _json_of(shapes: BaseModel | Sequence[BaseModel]) -> str:
+    """A contract shape, or a list of them, as one line of JSON."""
+    if isinstance(shapes, BaseModel):
+        return shapes.model_dump_json()
+    return json.dumps([shape.model_dump(mode="json") for shape in shapes])
+
+
+def _titled(table: Table, title: str) -> Table:
+    """`table` under `title`, at least as wide as the title (a narrow table would fold it)."""
+    table.title = title
+    table.min_width = len(title) + 4
+    return table
+
+
+def dataset_tables(dataset: Dataset) -> list[Table]:
+    """A data set as tables: images per class, and the files refused (when any), with why."""
+    classes = _table("class", "images", whole_first=True)
+    for label, count in sorted(dataset.classes.items()):
+        _row(classes, label, str(count))
+    _titled(classes, f"data set {dataset.id}: {dataset.images} images in {len(dataset.classes)} classes")
+    tables = [classes]
+    if dataset.rejected:
+        rejected = _table("file", "error")
+        _titled(rejected, f"{len(dataset.rejected)} file(s) not kept")
+        for item in dataset.rejected:
+            _row(rejected, item.file, item.error, style="yellow")
+        tables.append(rejected)
+    return tables
+
+
+def datasets_table(found: Sequence[Dataset]) -> Table:
+    table = _table("id", "images", "classes", "rejected", "created", whole_first=True)
+    for dataset in found:
+        _row(
+            table,
+            dataset.id,
+            str(dataset.images),
+            ", ".join(f"{label} {count}" for label, count in sorted(dataset.classes.items())),
+            str(len(dataset.rejected)),
+            _when(dataset.created),
+        )
+    return table
+
+
+def describe_progress(job: TrainingJob) -> str:
+    """Where a job is, in one line: status, epoch, step, loss, validation accuracy, elapsed, ETA."""
+    parts: list[str] = [job.status]
+    progress = job.progress
+    if progress is not None:
+        parts.append(f"epoch {progress.epoch}/{progress.epochs}, step {progress.step}")
+        if progress.loss is not None:
+            parts.append(f"loss {progress.loss:.4f}")
+        if progress.val_accuracy is not None:
+            parts.append(f"val accuracy {progress.val_accuracy:.3f}")
+        parts.append(f"{progress.elapsed_s:.0f} s")
+        if progress.eta_s is not None and job.status == "running":
+            parts.append(f"ETA {progress.eta_s:.0f} s")
+    if job.version:
+        parts.append(f"version {job.version}")
+    if job.error:
+        parts.append(job.error)
+    return " · ".join(parts)
+
+
+def report_tables(report: EvaluationReport) -> list[Table]:
+    """An evaluation report as tables: the summary, each class's precision, recall and F1, the
+    confusion matrix (rows: true label, columns: predicted; the diagonal is right) and the curve."""
+    summary = _table("measure", "value")
+    _titled(summary, "held-out evaluation")
+    for name, value in (
+        ("accuracy", _fraction(report.accuracy)),
+        ("macro precision", _fraction(report.macro_precision)),
+        ("macro recall", _fraction(report.macro_recall)),
+        ("macro F1", _fraction(report.macro_f1)),
+        ("images", f"{report.train_images} trained on, {report.val_images} held out"),
+    ):
+        _row(summary, name, value)
+    per_class = _table("class", "precision", "recall", "F1", "support", whole_first=True)
+    _titled(per_class, "per class")
+    for label in report.labels:
+        metrics = report.per_class.get(label)
+        if metrics is not None:
+            row = (_fraction(metrics.precision), _fraction(metrics.recall), _fraction(metrics.f1), str(metrics.support))
+            _row(per_class, label, *row)
+    matrix = _titled(Table(), "confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("true \\ predicted", no_wrap=True)
+    for label in report.labels:
+        matrix.add_column(label, justify="right", no_wrap=True)
+    for i, (label, counts) in enumerate(zip(report.labels, report.confusion_matrix, strict=True)):
+        cells = [Text(str(n), style="bold green" if i == j else ("red" if n else "dim")) for j, n in enumerate(counts)]
+        matrix.add_row(Text(label), *cells)
+    curve = _table("epoch", "loss", "val accuracy")
+    _titled(curve, "training curve")
+    for point in report.curve:
+        _row(curve, str(point.epoch), f"{point.loss:.4f}", _fraction(point.val_accuracy))
+    return [summary, per_class, matrix, curve]
+
+
+def jobs_table(found: Sequence[TrainingJob]) -> Table:
+    table = _table("id", "model", "status", "base model", "dataset", "progress", "version", "created", whole_first=True)
+    for job in found:
+        progress = job.progress
+        where = f"epoch {progress.epoch}/{progress.epochs}" if progress is not None else ""
+        style = {"failed": "red", "cancelled": "yellow"}.get(job.status, "")
+        request = job.request
+        cells = (request.name, job.status, request.base_model, request.dataset, where, job.version or "")
+        _row(table, job.id, *cells, _when(job.created), style=style)
+    return table
+
+
+def job_tables(job: TrainingJob) -> list[Table]:
+    """A job as tables: what it trains and where it is, then its report once it has one."""
+    table = _table("field", "value")
+    _titled(table, f"job {job.id}")
+    request = job.request
+    rows = [
+        ("status", describe_progress(job)),
+        ("model", request.name),
+        ("base model", request.base_model),
+        ("dataset", request.dataset),
+        (
+            "settings",
+            ", ".join(f"{k} {v}" for k, v in request.model_dump(exclude={"name", "base_model", "dataset"}).items()),
+        ),
+        ("created", _when(job.created)),
+        ("started", _when(job.started)),
+        ("finished", _when(job.finished)),
+    ]
+    for name, value in rows:
+        if value:  # a job not started yet has no start time, and so on
+            _row(table, name, value, style="red" if name == "status" and job.status == "failed" else "")
+    return [table, *(report_tables(job.report) if job.report is not None else [])]
+
+
+def versions_table(found: Sequence[ModelVersion]) -> Table:
+    columns = ("version", "state", "traffic", "accuracy", "macro F1", "base model", "dataset", "created", "job")
+    table = _table(*columns, whole_first=True)
+    for version in found:
+        style = {"stable": "bold", "canary": "cyan", "inactive": "dim"}.get(version.state, "")
+        report = version.report
+        cells = (version.state, f"{version.percent}%", _fraction(report.accuracy), _fraction(report.macro_f1))
+        where = (version.base_model, version.dataset, _when(version.created), version.job or "")
+        _row(table, version.version, *cells, *where, style=style)
+    return table
+
+
+def rollout_table(rollout: Rollout) -> Table:
+    table = _table("field", "value")
+    _titled(table, f"rollout of {rollout.name}")
+    stable_share = 100 - rollout.percent if rollout.canary else 100
+    _row(table, "stable", f"{rollout.stable} ({stable_share}%)" if rollout.stable else "none")
+    _row(table, "canary", f"{rollout.canary} ({rollout.percent}%)" if rollout.canary else "none")
+    _row(table, "history", ", ".join(rollout.history) or "none")
+    return table
+
+
+def _print(*tables: Table) -> None:
+    console = Console()
+    for table in tables:
+        console.print(table)
+
+
+def _show(as_json: bool, shapes: BaseModel | Sequence[BaseModel], *tables: Table) -> None:
+    """The answer as one JSON line (--json), or as tables."""
+    if as_json:
+        click.echo(_json_of(shapes))
+    else:
+        _print(*tables)
+
+
+class _Bars:
+    """Progress bars on stderr whose right-hand text the caller writes (files, bytes, epochs)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=quiet or not self.console.is_terminal,
+        )
+
+    def add(self, description: str, visible: bool = True) -> TaskID:
+        return self.progress.add_task(description, total=None, detail="", visible=visible)
+
+    def update(self, task: TaskID, done: float, total: float | None, detail: str) -> None:
+        self.progress.update(task, completed=done, total=total, detail=detail)
+
+
+def follow_to_end(client: VisionClient, job: TrainingJob, as_json: bool) -> TrainingJob:
+    """Follow a job's events to its end; live progress on stderr (a bar on a terminal, a line per
+    change elsewhere), or each event as a JSON line on stdout. The job as it ended."""
+    if job.status in FINISHED:
+        return job
+    bars = _Bars(as_json)
+    live = not bars.progress.disable
+    with bars.progress:
+        task = bars.add(f"training {job.request.name}")
+        try:
+            for event in client.follow_job(job.id):
+                job = event.job
+                if as_json:
+                    click.echo(json.dumps({"event": event.event, "job": job.model_dump(mode="json")}))
+                elif live:
+                    progress = job.progress
+                    done, total = (progress.epoch, progress.epochs) if progress else (0, None)
+                    bars.update(task, done, total, describe_progress(job))
+                else:
+                    bars.console.print(Text(describe_progress(job)), highlight=False)
+        except KeyboardInterrupt:
+            bars.console.print(f"stopped following; the job goes on (maas jobs cancel {job.id} stops it)")
+            raise
+    return job
+
+
+def _finish(job: TrainingJob, as_json: bool) -> None:
+    """Print a finished job (its report when it succeeded); exit status 1 unless it succeeded."""
+    if as_json:
+        click.echo(_json_of(job))
+    else:
+        _print(*job_tables(job))
+    if job.status in ("failed", "cancelled"):
+        raise RequestFailed(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""))
+
+
+@cli.group()
+def datasets() -> None:
+    """Upload, list, show and delete labelled image sets (admin scope)."""
+
+
+@datasets.command("upload")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@_json
+@click.pass_obj
+def datasets_upload(settings: Settings, path: Path, as_json: bool) -> None:
+    """Upload PATH: a folder of LABEL/IMAGE files (packed into a zip on the way) or a zip, tar or
+    tar.gz archive. Every image is checked by the server; files it cannot use are listed."""
+    bars = _Bars(as_json)
+    with settings.client() as client, bars.progress:
+        packing = bars.add("packing", visible=path.is_dir())
+        sending = bars.add("uploading")
+
+        def packed(done: int, total: int) -> None:
+            bars.update(packing, done, total, f"{done}/{total} files")
+
+        def sent(done: int, total: int) -> None:
+            bars.update(sending, done, total, f"{_size(done)}/{_size(total)}")
+
+        try:
+            dataset = client.upload_dataset(path, progress=sent, packing=packed)
+        except ArchiveError as exc:
+            raise click.BadParameter(str(exc), param_hint="PATH") from None
+    _show(as_json, dataset, *dataset_tables(dataset))
+
+
+@datasets.command("list")
+@_json
+@click.pass_obj
+def datasets_list(settings: Settings, as_json: bool) -> None:
+    """List the stored data sets: id, images, images per class, files refused, when stored."""
+    with settings.client() as client:
+        found = client.datasets()
+    _show(as_json, found, datasets_table(found))
+
+
+@datasets.command("show")
+@click.argument("dataset_id", metavar="ID")
+@_json
+@click.pass_obj
+def datasets_show(settings: Settings, dataset_id: str, as_json: bool) -> None:
+    """Show one data set: images per class and the files that were not kept."""
+    with settings.client() as client:
+        dataset = client.dataset(dataset_id)
+    _show(as_json, dataset, *dataset_tables(dataset))
+
+
+@datasets.command("delete")
+@click.argument("dataset_id", metavar="ID")
+@click.pass_obj
+def datasets_delete(settings: Settings, dataset_id: str) -> None:
+    """Delete a data set (the versions trained on it stay)."""
+    with settings.client() as client:
+        client.delete_dataset(dataset_id)
+    click.echo(f"deleted data set {dataset_id}")
+
+
+_follow = click.option("--follow", "-f", is_flag=True, help="Show live progress until the job ends, then its report.")
+
+
+@cli.command()
+@click.option("--name", required=True, help="The model to create, or to add a version to.")
+@click.option("--base-model", required=True, help="A served classifier whose backbone is fine-tuned (digits_cnn, ...).")
+@click.option("--dataset", required=True, help="The data set's id (maas datasets list).")
+@click.option("--epochs", type=int, help="Passes over the training split.")
+@click.option("--learning-rate", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--freeze-backbone/--train-backbone", default=None, help="Train the new head only.")
+@click.option("--augment/--no-augment", default=None, help="Augment the training images.")
+@click.option("--val-fraction", type=float, help="Share of each class held out for the report.")
+@click.option("--seed", type=int, help="Same seed, same split and same initial head.")
+@_follow
+@_json
+@click.pass_obj
+def train(settings: Settings, /, follow: bool, as_json: bool, **fields: Any) -> None:
+    """Start a training job (admin scope); with --follow, live progress and, at the end, the report:
+    accuracy, per-class precision, recall and F1, the confusion matrix. Unset options: the API's defaults."""
+    try:
+        request = training_request(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise click.UsageError(problems) from None
+    with settings.client() as client:
+        job = client.train(request)
+        if not follow:
+            _show(as_json, job, *job_tables(job))
+            return
+        if not as_json:
+            Console(stderr=True).print(Text(f"job {job.id}: training {request.name} from {request.base_model}"))
+        job = follow_to_end(client, job, as_json)
+    _finish(job, as_json)
+
+
+@cli.group()
+def jobs() -> None:
+    """List, show, follow and cancel training jobs (admin scope)."""
+
+
+@jobs.command("list")
+@_json
+@click.pass_obj
+def jobs_list(settings: Settings, as_json: bool) -> None:
+    """List the training jobs: model, status, base model, data set, epoch, version."""
+    with settings.client() as client:
+        found = client.jobs()
+    _show(as_json, found, jobs_table(found))
+
+
+@jobs.command("show")
+@click.argument("job_id", metavar="ID")
+@_follow
+@_json
+@click.pass_obj
+def jobs_show(settings: Settings, job_id: str, follow: bool, as_json: bool) -> None:
+    """Show a job: status, progress and, once it succeeded, its report (--follow: until it ends)."""
+    with settings.client() as client:
+        job = client.job(job_id)
+        if follow:
+            job = follow_to_end(client, job, as_json)
+    if follow:
+        _finish(job, as_json)
+    else:
+        _show(as_json, job, *job_tables(job))
+
+
+@jobs.command("cancel")
+@click.argument("job_id", metavar="ID")
+@_json
+@click.pass_obj
+def jobs_cancel(settings: Settings, job_id: str, as_json: bool) -> None:
+    """Cancel a queued or running job (a finished one is left as it is: exit status 1)."""
+    with settings.client() as client:
+        job = client.cancel_job(job_id)
+    click.echo(_json_of(job) if as_json else f"job {job.id}: {job.status}")
+
+
+@cli.command()
+@click.argument("model")
+@_json
+@click.pass_obj
+def versions(settings: Settings, model: str, as_json: bool) -> None:
+    """List a trained model's versions: state, share of traffic, held-out accuracy and F1."""
+    with settings.client() as client:
+        found = client.versions(model)
+    _show(as_json, found, versions_table(found))
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("version", required=False)
+@click.option("--percent", "-p", type=click.IntRange(1, 100), help="The version's share of :predict; 100 promotes it.")
+@_json
+@click.pass_obj
+def rollout(settings: Settings, model: str, version: str | None, percent: int | None, as_json: bool) -> None:
+    """Send --percent of MODEL's :predict to VERSION (a canary; 100 promotes it); without VERSION,
+    show which versions answer now."""
+    if (version is None) != (percent is None):
+        raise click.UsageError("give VERSION and --percent together (or neither, to see the rollout)")
+    with settings.client() as client:
+        state = (
+            client.rollout_state(model)
+            if version is None or percent is None
+            else client.rollout(model, version, percent)
+        )
+    _show(as_json, state, rollout_table(state))
+
+
+@cli.command()
+@click.argument("model")
+@_json
+@click.pass_obj
+def rollback(settings: Settings, model: str, as_json: bool) -> None:
+    """Drop MODEL's canary; without one, return to its previous stable version."""
+    with settings.client() as client:
+        state = client.rollback(model)
+    _show(as_json, state, rollout_table(state))
 
 
 # ---- bench ---------------------------------------------------------------------------------

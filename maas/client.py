@@ -3,7 +3,8 @@
 Both clients share everything but the send-and-sleep loop: requests are built as plain,
 re-sendable `_Call`s, responses are parsed by the same functions, and one `_Attempts` per call
 decides whether, and after how long, to try again. httpx and numpy are the only imports
-beyond the standard library: the client never imports the server's code.
+beyond the standard library and the contract (`contract/`, pydantic shapes): the client never
+imports the server's code.
 """
 
 from __future__ import annotations
@@ -17,19 +18,33 @@ import os
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeAlias
+from typing import IO, Any, NamedTuple, Self, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import httpx
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from contract.errors import ERROR_CODE_HEADER
+from contract.lifecycle import (
+    Dataset,
+    DatasetList,
+    ModelVersion,
+    ModelVersionList,
+    Rollout,
+    RolloutRequest,
+    TrainingJob,
+    TrainingJobList,
+    TrainingJobRequest,
+)
 from contract.v2 import HEADER_LENGTH, IMAGE_INPUT, numpy_dtype, pack_bytes, unpack_bytes
+from maas.archive import Archive, PackProgress, open_archive
+from maas.sse import EventParser
 
 ImageSource: TypeAlias = bytes | bytearray | str | os.PathLike[str]
 """An encoded image: its bytes, or the path of a file holding them."""
@@ -47,6 +62,11 @@ AnnotateItem: TypeAlias = tuple[ImageSource, Sequence[FeatureSpec]]
 
 Frames: TypeAlias = Sequence[ImageSource] | Sequence[Sequence[ImageSource]]
 """Still frames of one video clip, in order; or several such clips."""
+
+UploadProgress: TypeAlias = Callable[[int, int], None]
+"""Called with (bytes sent, bytes in all) as an upload goes out; from 0 again when it is retried."""
+
+Shape = TypeVar("Shape", bound=BaseModel)
 
 USER_AGENT = "vision-maas-client"
 
@@ -211,6 +231,11 @@ class _Attempts:
             return None
         return self._next(None)
 
+    def after_drop(self) -> float | None:
+        """The wait before reconnecting a stream that ended early or went quiet (a GET: always safe
+        to send again); None: give up."""
+        return self._next(None)
+
     def after_status(self, error: ApiError) -> float | None:
         """The wait before retrying after an error status; None: raise it."""
         if error.status not in self._policy.retry_statuses:
@@ -236,13 +261,15 @@ def _shorter(value: float | None, limit: float) -> float:
 
 @dataclass(frozen=True)
 class _Call:
-    """A request ready to send as many times as needed: the body is bytes, never a stream."""
+    """A request ready to send as many times as needed: the body is bytes, or multipart `files`
+    whose file is seekable (httpx reads it again from its start on each attempt)."""
 
     method: str
     path: str
     params: dict[str, str] | None = None
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    files: Mapping[str, tuple[str, IO[bytes], str]] | None = None
 
 
 def sniff_content_type(data: bytes) -> str:
@@ -311,8 +338,15 @@ def _multipart_call(path: str, fields: Mapping[str, str], parts: Sequence[tuple[
     return _Call("POST", path, content=encoded.read(), headers={"Content-Type": encoded.headers["Content-Type"]})
 
 
-def _predict_call(model: str, images: Images, parameters: Mapping[str, ParamValue]) -> _Call:
-    return _images_call(f"{_model_path(model)}:predict", images, parameters)
+def _predict_call(
+    model: str, images: Images, parameters: Mapping[str, ParamValue], version: str | None = None
+) -> _Call:
+    path = _model_path(model) if version is None else _version_path(model, version)
+    return _images_call(f"{path}:predict", images, parameters)
+
+
+def _version_path(model: str, version: str) -> str:
+    return f"{_model_path(model)}/versions/{quote(version, safe='')}"
 
 
 def _explain_call(
@@ -437,6 +471,134 @@ def _infer_call(model: str, images: Images, version: str | None) -> _Call:
     )
 
 
+# ---- training and the model lifecycle: requests ------------------------------------------
+
+DATASETS_PATH = "/v1/datasets"
+JOBS_PATH = "/v1/training/jobs"
+EVENT_STREAM = "text/event-stream"
+
+
+class _Watched:
+    """The archive as httpx reads it for the multipart body: every read reports the bytes sent."""
+
+    def __init__(self, file: IO[bytes], size: int, progress: UploadProgress) -> None:
+        self._file = file
+        self._size = size
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        if chunk:
+            self._progress(self._file.tell(), self._size)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+
+def _upload_call(archive: Archive, progress: UploadProgress | None) -> _Call:
+    """The archive as the multipart part `archive`, streamed from its file (never read whole)."""
+    file: Any = archive.file if progress is None else _Watched(archive.file, archive.size, progress)
+    return _Call("POST", DATASETS_PATH, files={"archive": (archive.name, file, archive.media_type)})
+
+
+def _dataset_path(dataset_id: str) -> str:
+    return f"{DATASETS_PATH}/{quote(dataset_id, safe='')}"
+
+
+def _job_path(job_id: str) -> str:
+    return f"{JOBS_PATH}/{quote(job_id, safe='')}"
+
+
+def training_request(request: TrainingJobRequest | None = None, **fields: Any) -> TrainingJobRequest:
+    """The job to start: `request` as given, or one built from `fields` (checked against the contract
+    before anything is sent; pydantic's ValidationError, a ValueError, names what is wrong)."""
+    if request is not None and fields:
+        raise TypeError("give a TrainingJobRequest or its fields, not both")
+    return request if request is not None else TrainingJobRequest(**fields)
+
+
+def _train_call(request: TrainingJobRequest) -> _Call:
+    return _json_call(JOBS_PATH, request.model_dump(mode="json"))
+
+
+def _rollout_call(model: str, version: str, percent: int) -> _Call:
+    body = RolloutRequest(version=version, percent=percent)
+    return _json_call(f"{_model_path(model)}/rollout", body.model_dump(mode="json"))
+
+
+def _events_call(job_id: str, last_id: str) -> _Call:
+    headers = {"Accept": EVENT_STREAM, "Cache-Control": "no-cache"}
+    if last_id:
+        headers["Last-Event-ID"] = last_id
+    return _Call("GET", f"{_job_path(job_id)}/events", headers=headers)
+
+
+class JobEvent(NamedTuple):
+    """One event of a job's stream: `progress` (the job changed) or `done` (finished; the last)."""
+
+    event: str
+    job: TrainingJob
+
+
+class _Following:
+    """What both clients' `follow_job` share: the parser, the attempts since the last event, and
+    which events to yield (a reconnect repeats the current state; it is not yielded twice)."""
+
+    EVENTS = frozenset({"progress", "done"})
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.parser = EventParser()
+        self.attempts = _Attempts(policy)
+        self._last_id = ""
+        self._last_data: str | None = None
+
+    def call(self, job_id: str) -> _Call:
+        """The request of the next connection (a new stream: a new parser; the last id is kept)."""
+        self.parser = EventParser()
+        return _events_call(job_id, self._last_id)
+
+    def feed(self, line: str, response: httpx.Response) -> JobEvent | None:
+        """The job event this line completes, if any and if it is news."""
+        event = self.parser.feed(line)
+        if event is None or event.event not in self.EVENTS:
+            return None  # events of other types: left to newer clients
+        self._last_id = event.id
+        self.attempts = _Attempts(self.policy)  # the stream is alive: count failures afresh
+        if event.event == "progress" and event.data == self._last_data:
+            return None
+        self._last_data = event.data
+        try:
+            return JobEvent(event.event, TrainingJob.model_validate_json(event.data))
+        except ValidationError as exc:
+            raise _invalid(response, f"malformed {event.event} event: {exc.errors()[0]['msg']}") from None
+
+    def after_error(self, error: httpx.TransportError) -> float:
+        """The wait before reconnecting after a failure (or a long silence); or raise the error."""
+        if isinstance(error, httpx.ReadTimeout):
+            return self.after_drop(error)
+        delay = self.attempts.after_error(error)
+        if delay is None:
+            raise error
+        return delay
+
+    def after_drop(self, error: Exception | None = None) -> float:
+        """The wait before reconnecting a stream that ended before its `done` event; or raise."""
+        delay = self.attempts.after_drop()
+        if delay is None:
+            raise error or ApiError(0, "stream_ended", "the job's event stream kept ending before its done event")
+        if self.parser.retry_ms is not None:  # the stream said how long to wait
+            delay = min(self.parser.retry_ms / 1000.0, self.policy.max_retry_after)
+        return delay
+
+
 # ---- responses ----------------------------------------------------------------------------
 
 
@@ -478,6 +640,16 @@ def _model_list(response: httpx.Response) -> list[dict[str, Any]]:
     if not isinstance(models, list):
         raise _invalid(response, "the model list has no 'models' array")
     return models
+
+
+def _parsed(response: httpx.Response, shape: type[Shape]) -> Shape:
+    """The answer as the contract's `shape`; invalid_response when it is not one."""
+    try:
+        return shape.model_validate(_json_object(response))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _invalid(response, f"the answer is not a {shape.__name__}: {where}: {first['msg']}") from None
 
 
 def _tensors(response: httpx.Response) -> dict[str, np.ndarray]:
@@ -567,6 +739,11 @@ class _Base:
         self.last_rate_limit = _rate_limit(response)
         if response.is_success:
             return None
+        return self._refusal(response, attempts)
+
+    @staticmethod
+    def _refusal(response: httpx.Response, attempts: _Attempts) -> float:
+        """The wait before retrying an error answer; or raise its ApiError."""
         error = ApiError.from_response(response)
         delay = attempts.after_status(error)
         if delay is None:
@@ -608,6 +785,7 @@ class VisionClient(_Base):
                 params=call.params,
                 content=call.content,
                 headers=call.headers,
+                files=call.files,
                 timeout=attempts.start(self._timeout),
             )
             try:
@@ -627,10 +805,19 @@ class VisionClient(_Base):
                     return response
             self.retry.sleep(delay)
 
-    def predict(self, model: str, images: Images, top_k: int | None = None, **parameters: ParamValue) -> dict[str, Any]:
-        """Predict on one image (raw body) or several (multipart), any task; one prediction per image, in order."""
+    def predict(
+        self,
+        model: str,
+        images: Images,
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        **parameters: ParamValue,
+    ) -> dict[str, Any]:
+        """Predict on one image (raw body) or several (multipart), any task; one prediction per image, in order.
+        `version`: that version of a trained model only, whatever its rollout."""
         params = parameters if top_k is None else {"top_k": top_k, **parameters}
-        return _json_object(self._send(_predict_call(model, images, params)))
+        return _json_object(self._send(_predict_call(model, images, params, version)))
 
     def predict_json(self, model: str, images: Images, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Predict through the JSON form: base64 instances plus shared parameters."""
@@ -686,6 +873,89 @@ class VisionClient(_Base):
         """Open Inference Protocol v2 inference with binary tensors; every output as a numpy array."""
         return _tensors(self._send(_infer_call(model, images, version)))
 
+    # ---- training and the model lifecycle (admin scope) ----
+
+    def upload_dataset(
+        self,
+        path: str | os.PathLike[str],
+        progress: UploadProgress | None = None,
+        packing: PackProgress | None = None,
+    ) -> Dataset:
+        """Upload a data set: a folder of `<label>/<image>` (packed into a zip on the way) or a zip,
+        tar or tar.gz archive, streamed; `progress(sent, total)` follows the bytes, `packing(done, total)`
+        the folder's files."""
+        with open_archive(path, packing) as archive:
+            return _parsed(self._send(_upload_call(archive, progress)), Dataset)
+
+    def datasets(self) -> list[Dataset]:
+        """The stored data sets."""
+        return _parsed(self._send(_Call("GET", DATASETS_PATH)), DatasetList).datasets
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        """One stored data set."""
+        return _parsed(self._send(_Call("GET", _dataset_path(dataset_id))), Dataset)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a stored data set."""
+        self._send(_Call("DELETE", _dataset_path(dataset_id)))
+
+    def train(self, request: TrainingJobRequest | None = None, **fields: Any) -> TrainingJob:
+        """Start a training job (a TrainingJobRequest, or its fields as keywords); the job, queued."""
+        return _parsed(self._send(_train_call(training_request(request, **fields))), TrainingJob)
+
+    def jobs(self) -> list[TrainingJob]:
+        """The training jobs, oldest first."""
+        return _parsed(self._send(_Call("GET", JOBS_PATH)), TrainingJobList).jobs
+
+    def job(self, job_id: str) -> TrainingJob:
+        """One training job: status, progress and, once finished, its report."""
+        return _parsed(self._send(_Call("GET", _job_path(job_id))), TrainingJob)
+
+    def cancel_job(self, job_id: str) -> TrainingJob:
+        """Cancel a queued or running job (a finished one: ApiError 409)."""
+        return _parsed(self._send(_Call("DELETE", _job_path(job_id))), TrainingJob)
+
+    def follow_job(self, job_id: str) -> Iterator[JobEvent]:
+        """The job's events as they happen: `progress` each time it changes, then one `done`, then the
+        end. A dropped or silent stream is reconnected (the retry policy bounds the tries in a row)."""
+        following = _Following(self.retry)
+        while True:
+            call = following.call(job_id)
+            timeout = following.attempts.start(self._timeout)
+            try:
+                with self._client.stream(call.method, call.path, headers=call.headers, timeout=timeout) as response:
+                    self.last_rate_limit = _rate_limit(response)
+                    if not response.is_success:
+                        response.read()
+                        delay = self._refusal(response, following.attempts)
+                    else:
+                        for line in response.iter_lines():
+                            event = following.feed(line, response)
+                            if event is not None:
+                                yield event
+                                if event.event == "done":
+                                    return
+                        delay = following.after_drop()
+            except httpx.TransportError as exc:
+                delay = following.after_error(exc)
+            self.retry.sleep(delay)
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        """A trained model's versions, each with its report, rollout state and share of traffic."""
+        return _parsed(self._send(_Call("GET", f"{_model_path(model)}/versions")), ModelVersionList).versions
+
+    def rollout_state(self, model: str) -> Rollout:
+        """Which versions answer the model's :predict: the stable one, and a canary with its share."""
+        return _parsed(self._send(_Call("GET", f"{_model_path(model)}/rollout")), Rollout)
+
+    def rollout(self, model: str, version: str, percent: int) -> Rollout:
+        """Send `percent` of the model's :predict to `version` (a canary); 100 promotes it."""
+        return _parsed(self._send(_rollout_call(model, version, percent)), Rollout)
+
+    def rollback(self, model: str) -> Rollout:
+        """Drop the canary; without one, return to the previous stable version (ApiError 409 when there is none)."""
+        return _parsed(self._send(_Call("POST", f"{_model_path(model)}/rollback")), Rollout)
+
     def healthy(self) -> bool:
         """Whether the ingress answers its liveness route (one attempt, no retries)."""
         try:
@@ -737,6 +1007,7 @@ class AsyncVisionClient(_Base):
                 params=call.params,
                 content=call.content,
                 headers=call.headers,
+                files=call.files,
                 timeout=attempts.start(self._timeout),
             )
             try:
@@ -757,11 +1028,18 @@ class AsyncVisionClient(_Base):
             await self.retry.async_sleep(delay)
 
     async def predict(
-        self, model: str, images: Images, top_k: int | None = None, **parameters: ParamValue
+        self,
+        model: str,
+        images: Images,
+        top_k: int | None = None,
+        *,
+        version: str | None = None,
+        **parameters: ParamValue,
     ) -> dict[str, Any]:
-        """Predict on one image (raw body) or several (multipart), any task; one prediction per image, in order."""
+        """Predict on one image (raw body) or several (multipart), any task; one prediction per image, in order.
+        `version`: that version of a trained model only, whatever its rollout."""
         params = parameters if top_k is None else {"top_k": top_k, **parameters}
-        return _json_object(await self._send(_predict_call(model, images, params)))
+        return _json_object(await self._send(_predict_call(model, images, params, version)))
 
     async def predict_json(
         self, model: str, images: Images, parameters: Mapping[str, Any] | None = None
@@ -818,6 +1096,91 @@ class AsyncVisionClient(_Base):
     async def infer(self, model: str, images: Images, version: str | None = None) -> dict[str, np.ndarray]:
         """Open Inference Protocol v2 inference with binary tensors; every output as a numpy array."""
         return _tensors(await self._send(_infer_call(model, images, version)))
+
+    # ---- training and the model lifecycle (admin scope) ----
+
+    async def upload_dataset(
+        self,
+        path: str | os.PathLike[str],
+        progress: UploadProgress | None = None,
+        packing: PackProgress | None = None,
+    ) -> Dataset:
+        """Upload a data set: a folder of `<label>/<image>` (packed into a zip on the way) or a zip,
+        tar or tar.gz archive, streamed; `progress(sent, total)` follows the bytes, `packing(done, total)`
+        the folder's files."""
+        with open_archive(path, packing) as archive:
+            return _parsed(await self._send(_upload_call(archive, progress)), Dataset)
+
+    async def datasets(self) -> list[Dataset]:
+        """The stored data sets."""
+        return _parsed(await self._send(_Call("GET", DATASETS_PATH)), DatasetList).datasets
+
+    async def dataset(self, dataset_id: str) -> Dataset:
+        """One stored data set."""
+        return _parsed(await self._send(_Call("GET", _dataset_path(dataset_id))), Dataset)
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a stored data set."""
+        await self._send(_Call("DELETE", _dataset_path(dataset_id)))
+
+    async def train(self, request: TrainingJobRequest | None = None, **fields: Any) -> TrainingJob:
+        """Start a training job (a TrainingJobRequest, or its fields as keywords); the job, queued."""
+        return _parsed(await self._send(_train_call(training_request(request, **fields))), TrainingJob)
+
+    async def jobs(self) -> list[TrainingJob]:
+        """The training jobs, oldest first."""
+        return _parsed(await self._send(_Call("GET", JOBS_PATH)), TrainingJobList).jobs
+
+    async def job(self, job_id: str) -> TrainingJob:
+        """One training job: status, progress and, once finished, its report."""
+        return _parsed(await self._send(_Call("GET", _job_path(job_id))), TrainingJob)
+
+    async def cancel_job(self, job_id: str) -> TrainingJob:
+        """Cancel a queued or running job (a finished one: ApiError 409)."""
+        return _parsed(await self._send(_Call("DELETE", _job_path(job_id))), TrainingJob)
+
+    async def follow_job(self, job_id: str) -> AsyncIterator[JobEvent]:
+        """The job's events as they happen: `progress` each time it changes, then one `done`, then the
+        end. A dropped or silent stream is reconnected (the retry policy bounds the tries in a row)."""
+        following = _Following(self.retry)
+        while True:
+            call = following.call(job_id)
+            timeout = following.attempts.start(self._timeout)
+            try:
+                async with self._client.stream(
+                    call.method, call.path, headers=call.headers, timeout=timeout
+                ) as response:
+                    self.last_rate_limit = _rate_limit(response)
+                    if not response.is_success:
+                        await response.aread()
+                        delay = self._refusal(response, following.attempts)
+                    else:
+                        async for line in response.aiter_lines():
+                            event = following.feed(line, response)
+                            if event is not None:
+                                yield event
+                                if event.event == "done":
+                                    return
+                        delay = following.after_drop()
+            except httpx.TransportError as exc:
+                delay = following.after_error(exc)
+            await self.retry.async_sleep(delay)
+
+    async def versions(self, model: str) -> list[ModelVersion]:
+        """A trained model's versions, each with its report, rollout state and share of traffic."""
+        return _parsed(await self._send(_Call("GET", f"{_model_path(model)}/versions")), ModelVersionList).versions
+
+    async def rollout_state(self, model: str) -> Rollout:
+        """Which versions answer the model's :predict: the stable one, and a canary with its share."""
+        return _parsed(await self._send(_Call("GET", f"{_model_path(model)}/rollout")), Rollout)
+
+    async def rollout(self, model: str, version: str, percent: int) -> Rollout:
+        """Send `percent` of the model's :predict to `version` (a canary); 100 promotes it."""
+        return _parsed(await self._send(_rollout_call(model, version, percent)), Rollout)
+
+    async def rollback(self, model: str) -> Rollout:
+        """Drop the canary; without one, return to the previous stable version (ApiError 409 when there is none)."""
+        return _parsed(await self._send(_Call("POST", f"{_model_path(model)}/rollback")), Rollout)
 
     async def healthy(self) -> bool:
         """Whether the ingress answers its liveness route (one attempt, no retries)."""

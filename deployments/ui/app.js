@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const $ = (id) => document.getElementById(id);
+  const { $, el, ApiError, api, showError } = window.maas;
 
   // A fixed palette (class index -> colour), so a class keeps its colour across runs and views.
   const PALETTE = [
@@ -17,14 +17,6 @@
 
   const state = { models: new Map(), file: null, fileUrl: null, redraw: null };
 
-  class ApiError extends Error {
-    constructor(status, code, message) {
-      super(message);
-      this.status = status;
-      this.code = code;
-    }
-  }
-
   // ---- helpers ------------------------------------------------------------------------
 
   const colour = (index) => PALETTE[((index % PALETTE.length) + PALETTE.length) % PALETTE.length];
@@ -32,51 +24,9 @@
   const inkOn = (rgb) => (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 150 ? "#000" : "#fff");
   const pngSrc = (b64) => `data:image/png;base64,${b64}`;
 
-  function el(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs)) {
-      if (value === undefined || value === null) continue;
-      if (key === "text") node.textContent = value;
-      else if (key === "class") node.className = value;
-      else node.setAttribute(key, value);
-    }
-    for (const child of children) if (child) node.append(child);
-    return node;
-  }
-
   function b64ToBlob(b64, type) {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
     return new Blob([bytes], { type });
-  }
-
-  function authHeaders() {
-    const key = $("api-key").value.trim();
-    return key ? { Authorization: `Bearer ${key}` } : {};
-  }
-
-  // Every call goes through here: errors become ApiError with the server's code and message.
-  async function api(path, init = {}) {
-    let response;
-    try {
-      response = await fetch(path, { ...init, headers: { Accept: "application/json", ...authHeaders(), ...init.headers } });
-    } catch (exc) {
-      throw new ApiError(0, "network_error", `could not reach the server (${exc.message})`);
-    }
-    const text = await response.text();
-    let body = null;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = null;
-    }
-    if (!response.ok) {
-      const error = body && body.error;
-      if (error && typeof error === "object") throw new ApiError(response.status, error.code, error.message);
-      if (typeof error === "string") throw new ApiError(response.status, "error", error);
-      throw new ApiError(response.status, "http_error", text.slice(0, 300) || response.statusText);
-    }
-    if (body === null) throw new ApiError(response.status, "bad_response", "the server did not answer JSON");
-    return body;
   }
 
   function scaleFor(width, height) {
@@ -105,14 +55,6 @@
 
   function setState(value) {
     $("output").dataset.state = value;
-  }
-
-  function showError(exc) {
-    const status = exc instanceof ApiError && exc.status ? `${exc.status} ` : "";
-    const code = exc instanceof ApiError ? exc.code : "error";
-    $("error-code").textContent = `${status}${code}`;
-    $("error-message").textContent = exc.message;
-    $("error").hidden = false;
   }
 
   function clearOutput() {
