@@ -110,3 +110,12 @@ def test_a_reduced_suite_measured_again_agrees_with_the_recorded_figures(model: 
                 row[metric],
                 full[metric],
             )
+
+
+def test_the_command_line_names_the_suites_when_asked_for_one_it_has_not() -> None:
+    from models.evaluate import main
+
+    with pytest.raises(SystemExit, match=r"no shifted suite for resnet18 .*digits_detector"):
+        main(["--shifted", "resnet18"])
+    with pytest.raises(SystemExit, match="name one model"):
+        main([])
