@@ -57,6 +57,50 @@ class DigitsCNN(nn.Module):
         return logits
 
 
+SMOOTH_SIGMA = 1.0  # px: enough to sink pixel noise under the threshold, too little to merge strokes
+REGION_THRESHOLD = 0.15  # of the smoothed peak: what counts as a stroke when finding the digit
+# A stroke joins the digit's heaviest one when it touches it (a gap of TOUCH of its size, or 2 px)
+# with TOUCH_FRACTION of its ink, or lies within NEAR of its size with NEAR_FRACTION of its ink.
+TOUCH, TOUCH_FRACTION = 0.05, 0.15
+NEAR, NEAR_FRACTION = 0.25, 0.5
+REGION_GROWTH = 2  # px the region grows by, so the faint rim of every stroke stays in
+
+
+def _gap(a: tuple[slice, slice], b: tuple[slice, slice]) -> int:
+    """Pixels between two bounding boxes (0 when they touch or overlap)."""
+    rows = max(a[0].start - b[0].stop, b[0].start - a[0].stop, 0)
+    cols = max(a[1].start - b[1].stop, b[1].start - a[1].stop, 0)
+    return int(max(rows, cols))
+
+
+def _digit_region(ink: np.ndarray) -> np.ndarray:
+    """The pixels of the picture's digit: its heaviest stroke and the strokes next to it, grown by 2 px.
+
+    Found on a smoothed copy, so pixel noise, specks and strokes elsewhere in the picture (a
+    ruled line, a box) do not widen the crop; a clean picture of one digit keeps all its ink.
+    scipy.ndimage labels the strokes (connected components).
+    """
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(ink, SMOOTH_SIGMA)
+    labels, count = ndimage.label(smooth > REGION_THRESHOLD * float(smooth.max()))
+    if count == 0:
+        return np.ones(ink.shape, dtype=bool)
+    mass = np.asarray(ndimage.sum(smooth, labels, index=np.arange(1, count + 1)))
+    boxes = ndimage.find_objects(labels)
+    main = int(mass.argmax())
+    size = max(boxes[main][0].stop - boxes[main][0].start, boxes[main][1].stop - boxes[main][1].start)
+    touching, near = max(2.0, TOUCH * size), NEAR * size
+    parts = [
+        n + 1
+        for n, box in enumerate(boxes)
+        if (mass[n] >= TOUCH_FRACTION * mass[main] and _gap(box, boxes[main]) <= touching)
+        or (mass[n] >= NEAR_FRACTION * mass[main] and _gap(box, boxes[main]) <= near)
+    ]
+    region: np.ndarray = ndimage.binary_dilation(np.isin(labels, parts), iterations=REGION_GROWTH)
+    return region
+
+
 @dataclass(frozen=True)
 class _InkLayout:
     """Where a digit's ink lies in the original and where `normalize_digit` puts it in the input."""
@@ -75,12 +119,14 @@ def _ink_layout(img: Image.Image) -> _InkLayout | None:
     if background > 0.5:
         arr, background = 1.0 - arr, 1.0 - background
     arr = np.clip(arr - background, 0.0, None)
-    peak = float(arr.max())
-    if peak <= 1e-6:
+    if float(arr.max()) <= 1e-6:
         return None
+    region = _digit_region(arr)
+    peak = float(arr[region].max())
     arr /= peak
-    rows = np.flatnonzero(arr.max(axis=1) > 0.2)
-    cols = np.flatnonzero(arr.max(axis=0) > 0.2)
+    inked = (arr > 0.2) & region
+    rows = np.flatnonzero(inked.any(axis=1))
+    cols = np.flatnonzero(inked.any(axis=0))
     x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
     arr = arr[y0:y1, x0:x1]
     h, w = arr.shape

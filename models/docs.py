@@ -5,8 +5,9 @@
 
 The page's prose is written by hand and states no measured figure; every one sits in a block
 between `<!-- generated: NAME -->` and `<!-- end generated -->`, made here from
-`models/weights/<name>.json` (and each weights file's size and sha256). `render_blocks` and `cli`
-are the mechanism itself, which docs/benchmarks.md's generator (benchmarks/docs.py) shares.
+`models/weights/<name>.json` (and each weights file's size and sha256), the shifted tables
+from `models/shifted.json`. `render_blocks` and `cli` are the mechanism itself, which
+docs/benchmarks.md's generator (benchmarks/docs.py) shares.
 Neither torch nor Ray is imported.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "models" / "weights"
 PAGE = ROOT / "docs" / "models.md"
+SHIFTED = ROOT / "models" / "shifted.json"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 
 
@@ -227,9 +229,74 @@ def training_block(weights: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+METRICS = {
+    "accuracy": "accuracy",
+    "recall": "recall at score 0.5",
+    "map_50": "mAP@0.5",
+    "mean_iou": "mean IoU",
+    "psnr_gain_db": "PSNR gain dB",
+    "recognition_rate": "read as asked",
+}
+
+
+def shifted_results() -> dict[str, Any]:
+    """The shifted suites' figures (models/shifted.json, written by `python -m models.evaluate --shifted`)."""
+    results: dict[str, Any] = json.loads(SHIFTED.read_text())
+    return results
+
+
+def uncovered(entry: dict[str, Any], row: dict[str, Any]) -> list[str]:
+    """The metrics of a shifted-suite row under the model's floor: a shift the model does not cover."""
+    return [metric for metric, floor in entry["floors"].items() if row[metric] < floor]
+
+
+def _figure(metric: str, value: float) -> str:
+    return f"{value:+.2f}" if metric == "psnr_gain_db" else f"{value:.3f}"
+
+
+def shifted_block(weights: Path) -> str:
+    """Per bundled model: its held-out figure beside its figure on every shift of its suite, with its floors."""
+    results = shifted_results()
+    found = reports(weights)
+    baseline = results.get("baseline", {})
+    before = baseline.get("models", {})
+    out: list[str] = []
+    for name, entry in results["models"].items():
+        report = found[name]
+        if entry["weights_sha256"] != report["sha256"]:
+            raise ValueError(f"models/shifted.json measured other {name} weights than {name}.json reports")
+        floors = entry["floors"]
+        metrics = list(floors)
+        out.append(f"**`{name}`**: in distribution {held_out(report, BUNDLED[name].items)}.")
+        out.append(
+            "Floors: "
+            + ", ".join(f"{METRICS[m]} >= {floor:g}" for m, floor in floors.items())
+            + f"; measured in {entry['seconds']:.0f} s."
+        )
+        out.append("")
+        columns = [METRICS[m] for m in metrics]
+        old = {row["shift"]: row for row in before.get(name, {}).get("shifts", [])}
+        out.append("| shift | pictures | " + " | ".join(columns) + (" | before |" if old else " |") + " covered |")
+        out.append("|---|---|" + "---:|" * len(columns) + ("---|" if old else "") + "---|")
+        for row in entry["shifts"]:
+            figures = " | ".join(_figure(m, row[m]) for m in metrics)
+            was = old.get(row["shift"])
+            then = f" {' / '.join(_figure(m, was[m]) for m in metrics)} |" if was else (" - |" if old else "")
+            missing = uncovered(entry, row)
+            covered = (
+                "yes" if not missing else "**no**: " + ", ".join(f"{METRICS[m]} {_figure(m, row[m])}" for m in missing)
+            )
+            out.append(f"| `{row['shift']}` | {row['what']} ({row['samples']}) | {figures} |{then} {covered} |")
+        out.append("")
+    if before:
+        out.append(f"Before: {baseline['measured']}.")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "bundled": bundled_block,
     "training": training_block,
+    "shifted": shifted_block,
 }
 
 

@@ -4,6 +4,7 @@
     python -m models.evaluate digits_detector --data DIR      # a folder of labelled images
     python -m models.evaluate digits_segmenter --url http://127.0.0.1:8000 --json report.json
     python -m models.evaluate digits_cnn --export DIR         # write the bundled set as a folder
+    python -m models.evaluate --shifted [MODEL ...]           # the shifted suites (models/shifted.py)
 
 Classifiers (images or clips): accuracy, macro precision, recall and F1, confusion matrix.
 Detectors: mAP at IoU 0.5 and AP per class. Segmenters: mean IoU and IoU per class.
@@ -257,7 +258,13 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: evaluate one model and print (and optionally write) its report."""
     parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="registry model (in-process) or served model name (--url)")
+    parser.add_argument("model", nargs="*", help="registry model (in-process) or served model name (--url)")
+    parser.add_argument(
+        "--shifted", action="store_true", help="measure the shifted suites of the named (or every) bundled model"
+    )
+    parser.add_argument(
+        "--baseline", metavar="WHAT", help="with --shifted: record the figures as the baseline, measured on WHAT"
+    )
     parser.add_argument("--weights", help="weights choice (in-process), as in the Serve config")
     parser.add_argument("--data", type=Path, help="labelled folder; the model's bundled held-out set if omitted")
     parser.add_argument("--url", help="evaluate a running server through its HTTP API instead")
@@ -267,8 +274,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--export", type=Path, help="write the bundled held-out set to this folder and stop")
     args = parser.parse_args(argv)
-    spec = get_spec(args.model, args.weights)
-    data = folder_dataset(args.data, spec, args.limit) if args.data else bundled_dataset(args.model, spec, args.limit)
+    if args.shifted:
+        from models import shifted
+
+        unknown = sorted(set(args.model) - set(shifted.SUITES))
+        if unknown:
+            raise SystemExit(f"no shifted suite for {', '.join(unknown)} (suites: {', '.join(shifted.SUITES)})")
+        shifted.run(args.model or list(shifted.SUITES), args.json or shifted.RESULTS, baseline=args.baseline)
+        return 0
+    if len(args.model) != 1:
+        raise SystemExit("name one model (or pass --shifted)")
+    model = args.model[0]
+    spec = get_spec(model, args.weights)
+    data = folder_dataset(args.data, spec, args.limit) if args.data else bundled_dataset(model, spec, args.limit)
     if args.export:
         export_dataset(data, spec, args.export)
         print(f"wrote {len(data.inputs)} samples to {args.export}")
@@ -277,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec.task == Task.DETECTION:
         # mAP integrates over scores: keep low-scoring detections unless asked otherwise.
         params.setdefault("score_threshold", 0.05)
-    predict = http_predictor(args.url, args.model, params, args.api_key) if args.url else local_predictor(spec, params)
+    predict = http_predictor(args.url, model, params, args.api_key) if args.url else local_predictor(spec, params)
     report = evaluate(data, predict, spec)
     report["source"] = args.url or "in-process"
     report["data"] = str(args.data) if args.data else "bundled held-out set"

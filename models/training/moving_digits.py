@@ -39,34 +39,42 @@ def _glyph(image8: np.ndarray, size: int) -> Image.Image:
 
 
 def make_clip(
-    image8: np.ndarray, direction: int, rng: np.random.Generator, *, canvas: int = CANVAS, length: int = CLIP_LENGTH
+    image8: np.ndarray,
+    direction: int,
+    rng: np.random.Generator,
+    *,
+    canvas: int = CANVAS,
+    length: int = CLIP_LENGTH,
+    glyph: tuple[int, int] = (MIN_GLYPH, MAX_GLYPH),
+    speed: tuple[float, float] = (MIN_SPEED, MAX_SPEED),
+    noise: tuple[float, float] = (0.0, 0.05),
 ) -> np.ndarray:
     """One clip (length, canvas, canvas) uint8: the digit moving at a random speed from a random start.
 
     Subpixel motion (bilinear resampling), a random paper and ink level in either polarity, and
     light Gaussian noise, so the model has to follow the digit rather than a pixel pattern.
     """
-    size = int(rng.integers(MIN_GLYPH, MAX_GLYPH + 1))
-    speed = float(rng.uniform(MIN_SPEED, MAX_SPEED))
+    size = int(rng.integers(glyph[0], glyph[1] + 1))
+    pace = float(rng.uniform(*speed))
     ux, uy = direction_vector(direction)
-    step = (ux * speed, uy * speed)
+    step = (ux * pace, uy * pace)
     travel = [s * (length - 1) for s in step]
     lo, hi = MARGIN, canvas - MARGIN
     # Any start whose whole path keeps the centre inside [lo, hi] on both axes.
     start = [float(rng.uniform(lo - min(0.0, t), hi - max(0.0, t))) for t in travel]
-    glyph = _glyph(image8, size)
+    shape = _glyph(image8, size)
     paper, ink = float(rng.uniform(0.0, 0.3)), float(rng.uniform(0.7, 1.0))
     if rng.random() < 0.5:
         paper, ink = 1.0 - paper, 1.0 - ink
-    noise = float(rng.uniform(0.0, 0.05))
+    sigma = float(rng.uniform(*noise))
     frames = np.empty((length, canvas, canvas), dtype=np.uint8)
     for t in range(length):
         cx, cy = start[0] + t * step[0], start[1] + t * step[1]
         # AFFINE maps output pixels back to glyph pixels: a pure (subpixel) translation.
         offset = (1.0, 0.0, size / 2 - cx, 0.0, 1.0, size / 2 - cy)
-        placed = glyph.transform((canvas, canvas), Image.Transform.AFFINE, offset, Image.Resampling.BILINEAR)
+        placed = shape.transform((canvas, canvas), Image.Transform.AFFINE, offset, Image.Resampling.BILINEAR)
         coverage = np.asarray(placed, dtype=np.float32) / 255.0
-        frame = paper + (ink - paper) * coverage + rng.normal(0.0, noise, coverage.shape)
+        frame = paper + (ink - paper) * coverage + rng.normal(0.0, sigma, coverage.shape)
         frames[t] = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return frames
 

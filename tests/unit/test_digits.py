@@ -63,3 +63,29 @@ def test_weights_pin_file_and_training_report_agree() -> None:
 
 def test_blank_image_gives_a_prediction_not_an_error(served: tuple[ModelSpec, torch.nn.Module]) -> None:
     assert len(_predict(served, [encode(Image.new("L", (40, 40), 255))])) == 1
+
+
+def _digit_on_sheet(side: int, at: tuple[int, int]) -> np.ndarray:
+    from models.training.data import digits_split
+
+    _, _, x_test, _ = digits_split()
+    sheet = np.full((side, side), 230.0)
+    glyph = np.asarray(render_digit(x_test[0], size=40), dtype=np.float64)
+    sheet[at[1] : at[1] + 40, at[0] : at[0] + 40] = glyph * (glyph < 230) + 230 * (glyph >= 230)
+    return sheet
+
+
+def test_the_crop_finds_the_digit_through_noise_specks_and_strokes_beside_it() -> None:
+    clean = _digit_on_sheet(160, (60, 50))
+    expected = digits._ink_layout(Image.fromarray(clean.astype(np.uint8), "L"))
+    assert expected is not None
+    rng = np.random.default_rng(0)
+    noisy = clean + rng.normal(0.0, 0.15 * 255, clean.shape)
+    cluttered = clean.copy()
+    cluttered[10:12, 5:60] = 0  # a ruled line
+    cluttered[130:134, 130:134] = 0  # a speck
+    for picture in (noisy, cluttered):
+        found = digits._ink_layout(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8), "L"))
+        assert found is not None
+        # Within a few pixels of the clean crop: the noise on the digit's own rim may widen it a little.
+        assert np.abs(np.subtract(found.box, expected.box)).max() <= 3, (found.box, expected.box)
