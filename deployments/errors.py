@@ -65,6 +65,20 @@ class ModelNotFound(ServingError):
     code = "model_not_found"
 
 
+class NotFound(ServingError):
+    """404: no such record (a training job, a data set)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServingError):
+    """409: the request contradicts what exists (a configured model's name, a job that has finished)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class RouteNotSupported(ServingError):
     """404: the model exists but its task has no such route (e.g. :generate on a classifier)."""
 

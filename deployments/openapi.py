@@ -21,6 +21,7 @@ _ERRORS: dict[int, str] = {
     404: "Unknown model, version or route",
     406: "Accept: image/png with more than one image",
     408: "Timed out",
+    409: "Conflicts with what exists (a configured model's name, a finished job)",
     413: "Body, image bytes, pixel count or image count over the limit",
     415: "Unsupported content type or image format",
     422: "Valid request with invalid values",

@@ -40,7 +40,7 @@ AUTHORED = "deployments.app:build_app"
 CATALOGUE = "deployments.app:build_catalogue"
 MODEL = "deployments.app:build_model"
 # What an application's entries other than the models' are (they stay in the catalogue).
-CATALOGUE_DEPLOYMENTS = ("Ingress", "RateLimiter")
+CATALOGUE_DEPLOYMENTS = ("Ingress", "RateLimiter", "TrainingJobs")
 # Serve's own limits answer plain text: a model's admission is its user_config's max_requests,
 # answered by the replica in the API's JSON (deployments/image_model.py).
 SERVE_LIMITS = ("max_ongoing_requests", "max_queued_requests")

@@ -10,12 +10,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +26,7 @@ from deployments import openapi, schemas, telemetry
 from deployments.args import AuthArgs, LimitsArgs
 from deployments.errors import InvalidParameters, ServingError, Unavailable
 from deployments.gateway import Gateway
+from deployments.rest import training as training_routes
 from deployments.rest import v1, v2
 from deployments.rest.common import CREDENTIAL, SERVER_NAME, SERVER_VERSION
 from deployments.topology import hot_route
@@ -172,8 +175,9 @@ def _errors_and_observation(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The whole HTTP API over `gateway` (the catalogue application's)."""
+def create_app(gateway: Gateway, training: DeploymentHandle[Any] | None = None) -> FastAPI:
+    """The whole HTTP API over `gateway` (the catalogue application's); the training job routes
+    when given the TrainingJobs deployment (`training.enabled`)."""
     app = FastAPI(
         title=SERVER_NAME,
         version=SERVER_VERSION,
@@ -182,6 +186,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True, check_dir=False), name="ui")
     _errors_and_observation(app)
     app.include_router(v1.router(gateway))
+    if training is not None:
+        app.include_router(training_routes.router(gateway, training))
     _service_routes(app, gateway)
     app.include_router(v2.router(gateway))
     return app
