@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -386,7 +386,6 @@ class _Run:
     channel: Any = None
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
-    workers: list[dict[str, int]] = field(default_factory=list)
 
 
 @serve.deployment  # options: deployments.app.TRAINING_OPTIONS
@@ -401,6 +400,7 @@ class TrainingJobs:
         self.queue: list[str] = []
         self.runs: dict[str, _Run] = {}
         self._signals: dict[str, asyncio.Event] = {}
+        self._workers: dict[str, list[dict[str, int]]] = {}  # as the jobs' channels last said
         self._started = False
         for path in sorted(self.store.jobs.glob("*.json")):
             try:
@@ -496,8 +496,7 @@ class TrainingJobs:
         """The processes of a job's training workers as they started: rank, pid and the epoch each
         started from (greater than 0 when it resumed from a checkpoint)."""
         self._job(job_id)
-        run = self.runs.get(job_id)
-        return list(run.workers) if run is not None else []
+        return list(self._workers.get(job_id, []))
 
     async def check_health(self) -> None:
         # Serve calls this every few seconds: it also starts the jobs queued at startup.
@@ -586,7 +585,7 @@ class TrainingJobs:
                 snapshot = await run.channel.snapshot.remote()
             except Exception:
                 continue
-            run.workers = snapshot["workers"]
+            self._workers[job_id] = snapshot["workers"]
             job = self.jobs[job_id]
             if snapshot["progress"] is None or snapshot["progress"] == last or job.status != "running":
                 continue
