@@ -268,11 +268,16 @@ def failure_message(exc: BaseException) -> str:
     """What a failed job says: the first worker error (or the controller's), without a traceback."""
     failures = getattr(exc, "worker_failures", None)
     if isinstance(failures, dict) and failures:
-        first: BaseException = next(iter(failures.values()))
-        cause = getattr(first, "cause", None)
-        error = cause if isinstance(cause, BaseException) else first
+        error: BaseException = next(iter(failures.values()))
+        # Ray Train V2 wraps a train loop's exception with its traceback as the message
+        # (ray/train/v2/_internal/exceptions.py UserExceptionWithTraceback._base_exc); Ray's
+        # task errors keep theirs as `cause`.
+        for attribute in ("_base_exc", "cause"):
+            inner = getattr(error, attribute, None)
+            if isinstance(inner, BaseException):
+                error = inner
         return f"a training worker failed: {type(error).__name__}: {_scrub(str(error))}"
-    cause = getattr(exc, "cause", None)
+    cause = getattr(exc, "controller_failure", None) or getattr(exc, "cause", None)
     error = cause if isinstance(cause, BaseException) else exc
     return f"{type(error).__name__}: {_scrub(str(error))}"
 
@@ -538,6 +543,8 @@ class TrainingJobs:
         try:
             key = await asyncio.to_thread(signing_key, self.args, self.store)
             run.channel = JobChannel.remote()  # type: ignore[attr-defined]
+            if run.cancelled:  # cancelled before its channel existed: never start it
+                return
             trainer = self._trainer(self.jobs[job_id], run.channel)
             monitor = asyncio.get_running_loop().create_task(self._monitor(job_id, run))
             result = await asyncio.to_thread(trainer.fit)
