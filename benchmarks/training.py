@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import yaml
-from models.training.shapes import draw_set, pack_zip
 
 from benchmarks.cpu import wait_http
 from benchmarks.images import jpeg_images
@@ -32,6 +31,7 @@ from benchmarks.load import open_loop
 from benchmarks.servers import REPO, Running, Server, serve_command, write_config
 from deployments.ray_env import ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
 from deployments.topology import expand
+from models.training.shapes import draw_set, pack_zip
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGET_RATIO = 1.5

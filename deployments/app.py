@@ -22,6 +22,7 @@ from deployments.ingress import Ingress
 from deployments.ray_env import check_body_limit
 from deployments.schemas import ModelCard
 from deployments.topology import model_app_name
+from deployments.training import TrainingJobs
 from models.registry import get_spec
 from models.weights import WeightsError
 
@@ -46,6 +47,13 @@ MODEL_OPTIONS: dict[str, Any] = {
 # One replica: the one place that counts requests, shared by every ingress replica. A sliver of
 # CPU keeps it off a head started with num-cpus 0, beside the other replicas.
 LIMITER_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.05},
+    "max_ongoing_requests": 1024,
+}
+# One replica: the one queue of training jobs. It only queues, records and waits on Ray Train:
+# the training itself runs in Ray Train's workers, on the resources TrainingArgs reserves.
+TRAINING_OPTIONS: dict[str, Any] = {
     "num_replicas": 1,
     "ray_actor_options": {"num_cpus": 0.05},
     "max_ongoing_requests": 1024,
@@ -104,10 +112,26 @@ def _store_models(app_args: AppArgs) -> Application | None:
     return store_models
 
 
+def _training(app_args: AppArgs) -> Application | None:
+    """The TrainingJobs deployment when training is enabled (the configured names stay untrainable)."""
+    if not app_args.training.enabled:
+        return None
+    jobs = TrainingJobs.options(**TRAINING_OPTIONS)  # type: ignore[attr-defined]
+    app: Application = jobs.bind(app_args.training, [model.name for model in app_args.models])
+    return app
+
+
 def _ingress(app_args: AppArgs, models: dict[str, Any], cards: dict[str, ModelCard]) -> Application:
     ingress = Ingress.options(**INGRESS_OPTIONS)  # type: ignore[attr-defined]
     app: Application = ingress.bind(
-        models, cards, app_args.limits, app_args.auth, _limiter(app_args), app_args.training, _store_models(app_args)
+        models,
+        cards,
+        app_args.limits,
+        app_args.auth,
+        _limiter(app_args),
+        app_args.training,
+        _store_models(app_args),
+        _training(app_args),
     )
     return app
 

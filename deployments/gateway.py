@@ -102,6 +102,7 @@ class Gateway:
         limiter: DeploymentHandle[Any] | None,
         training: TrainingArgs | None = None,
         store_models: Any = None,
+        training_jobs: Any = None,
     ) -> None:
         # A model is a handle (to a deployment of this application, or this replica's LocalHandle),
         # or the name of the model's own application (deployments.topology), resolved here, in the
@@ -114,6 +115,8 @@ class Gateway:
         # Training, when on: its routes, and the model store's trained models (deployments.rollouts)
         # served by name beside the configured ones, each :predict by the version its rollout picks.
         self.training = training if training is not None and training.enabled else None
+        # The TrainingJobs deployment (deployments.training), when this application runs one.
+        self.training_jobs = training_jobs if self.training is not None else None
         self.trained: TrainedModels | None = None
         if self.training is not None and store_models is not None:
             self.trained = TrainedModels(Store.at(self.training.store), store_models)

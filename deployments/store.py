@@ -6,6 +6,8 @@ their rollout state, so that all of it survives a restart of the application.
     <root>/jobs/<id>.json                      contract.lifecycle.TrainingJob
     <root>/models/<name>/versions/<version>/   model.safetensors, version.json (ModelVersion), MANIFEST.json(.sig)
     <root>/models/<name>/rollout.json          contract.lifecycle.Rollout
+    <root>/checkpoints/<job>/                  Ray Train's runs (when no other storage_path is set)
+    <root>/keys/deployment-signing.pem(.pub)   a one-machine store's own signing key (deployments/training.py)
 
 Every JSON file is replaced atomically (written beside, then renamed): a reader sees the old
 file or the new one, never half of one. On a cluster the root is a volume every node mounts."""
@@ -79,3 +81,7 @@ class Store:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from typing import Any
 
-from models.trained import trained_spec
 from pydantic import BaseModel
 from ray import serve
 
@@ -25,6 +24,7 @@ from deployments.schemas import ModelCard
 from deployments.signing import deployment_public_keys
 from deployments.store import Store
 from models import manifest
+from models.trained import trained_spec
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,7 +35,7 @@ class StoreModels:
     def __init__(self, training: TrainingArgs, limits: LimitsArgs) -> None:
         self._store = Store.at(training.store)
         self._limits = limits
-        self._keys = deployment_public_keys(training)
+        self._keys = deployment_public_keys(training, self._store)
         # Set up here, not as a decorator: the number of versions a replica keeps is configured.
         self._version = serve.multiplexed(max_num_models_per_replica=training.max_loaded_versions)(self._load)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,13 +12,17 @@ from torchvision.ops import box_iou
 
 @dataclass(frozen=True)
 class ClassificationReport:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix (rows: truth, columns: prediction)."""
+    """Accuracy, macro precision/recall/F1 and the confusion matrix (rows: truth, columns: prediction);
+    each class's own precision, recall and F1 (0 where undefined) beside them."""
 
     accuracy: float
     precision: float
     recall: float
     f1: float
     confusion: np.ndarray
+    class_precision: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    class_recall: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    class_f1: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def as_dict(self, labels: Sequence[str]) -> dict[str, object]:
         """JSON-able form, with the confusion matrix keyed by label."""
@@ -51,6 +55,9 @@ def classification_report(truth: Sequence[int], predicted: Sequence[int], num_cl
         recall=float(recall[present].mean()) if present.any() else 0.0,
         f1=float(f1[present].mean()) if present.any() else 0.0,
         confusion=confusion,
+        class_precision=precision,
+        class_recall=recall,
+        class_f1=f1,
     )
 
 

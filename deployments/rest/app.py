@@ -24,7 +24,7 @@ from deployments import openapi, schemas, telemetry
 from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.errors import InvalidParameters, ServingError, Unavailable
 from deployments.gateway import Gateway
-from deployments.rest import datasets, rollouts, v1, v2
+from deployments.rest import datasets, rollouts, training, v1, v2
 from deployments.rest.common import CREDENTIAL, SERVER_NAME, SERVER_VERSION
 from deployments.store import Store
 from deployments.topology import hot_route
@@ -178,7 +178,11 @@ def lifecycle_routers(gateway: Gateway) -> list[APIRouter]:
     if gateway.training is None:
         return []
     store = Store.at(gateway.training.store)
-    return [datasets.router(gateway, store, gateway.training.datasets), rollouts.router(gateway, store)]
+    return [
+        datasets.router(gateway, store, gateway.training.datasets),
+        training.router(gateway, gateway.training_jobs),
+        rollouts.router(gateway, store),
+    ]
 
 
 def create_app(gateway: Gateway, lifecycle: Sequence[APIRouter] = ()) -> FastAPI:

@@ -1,0 +1,77 @@
+"""The training job routes in process, over the TrainingJobs class itself (no Ray): the admin scope
+comes first, then the service's own refusals, in the API's error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
+from deployments.auth import hash_key
+from deployments.gateway import Gateway, LocalHandle
+from deployments.rest.app import create_app
+from deployments.training import TrainingJobs
+
+ADMIN, TENANT = "vmk_" + "a" * 43, "vmk_" + "b" * 43
+JOBS = "/v1/training/jobs"
+
+
+@pytest.fixture
+def call(tmp_path: Path) -> Any:
+    keys = {
+        "tenants": [
+            {"name": "ops", "key_sha256": [hash_key(ADMIN)], "admin": True},
+            {"name": "app", "key_sha256": [hash_key(TENANT)]},
+        ]
+    }
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    auth = AuthArgs(enabled=True, keys_file=str(tmp_path / "keys.json"))
+    service = TrainingJobs.func_or_class(TrainingArgs(enabled=True, store=str(tmp_path / "store")), ["digits_cnn"])  # type: ignore[attr-defined]
+    app = create_app(Gateway({}, {}, LimitsArgs(), auth, None), training=LocalHandle(service))  # type: ignore[arg-type]
+
+    def request(method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
+                return await client.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kwargs)
+
+        return asyncio.run(send())
+
+    return request
+
+
+def error(response: httpx.Response) -> tuple[int, str]:
+    return response.status_code, response.json()["error"]["code"]
+
+
+def test_a_tenant_without_the_admin_scope_is_refused_on_every_route(call: Any) -> None:
+    body = {"name": "shapes", "base_model": "digits_cnn", "dataset": "0" * 16}
+    assert error(call("POST", JOBS, TENANT, json=body)) == (403, "forbidden")
+    assert error(call("GET", JOBS, TENANT)) == (403, "forbidden")
+    assert error(call("GET", f"{JOBS}/x", TENANT)) == (403, "forbidden")
+    assert error(call("DELETE", f"{JOBS}/x", TENANT)) == (403, "forbidden")
+    assert error(call("GET", f"{JOBS}/x/events", TENANT)) == (403, "forbidden")
+
+
+def test_an_admin_gets_the_services_answers(call: Any) -> None:
+    assert call("GET", JOBS, ADMIN).json() == {"jobs": []}
+    taken = {"name": "digits_cnn", "base_model": "digits_cnn", "dataset": "0" * 16}
+    assert error(call("POST", JOBS, ADMIN, json=taken)) == (409, "conflict")
+    detector = {"name": "mine", "base_model": "digits_detector", "dataset": "0" * 16}
+    assert error(call("POST", JOBS, ADMIN, json=detector)) == (422, "invalid_parameters")
+    missing = {"name": "mine", "base_model": "digits_cnn", "dataset": "0" * 16}
+    assert error(call("POST", JOBS, ADMIN, json=missing)) == (404, "not_found")
+    assert error(call("POST", JOBS, ADMIN, json=missing | {"extra": 1})) == (422, "invalid_parameters")
+    assert error(call("GET", f"{JOBS}/nosuch", ADMIN)) == (404, "not_found")
+    assert error(call("DELETE", f"{JOBS}/nosuch", ADMIN)) == (404, "not_found")
+
+
+def test_the_routes_are_mounted_only_with_the_service() -> None:
+    gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None)
+    paths = create_app(gateway).openapi()["paths"]
+    assert not [path for path in paths if path.startswith(JOBS)]
