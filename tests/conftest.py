@@ -93,7 +93,7 @@ def cluster() -> Iterator[ServeCluster]:
     # Serve's per-host ports of its own (Ray's processes inherit them): a first-run test, a
     # benchmark or `make serve` may run a cluster beside this one.
     os.environ.update(host_ports_of_its_own())
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve_cluster = ServeCluster(free_port())
         serve_cluster.deploy({MAIN_APP: default_app_config()})

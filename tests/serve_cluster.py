@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -136,7 +138,15 @@ def default_app_config(only: tuple[str, ...] | None = None) -> dict[str, Any]:
             "user_config": {"max_requests": 80, "max_batch_size": 4, "batch_wait_timeout_s": 0.01},
         }
     )
+    # Training as shipped, in a store of the test session's own (never the user's).
+    app["args"]["training"] |= {"store": str(session_store())}
     if only is not None:
         app["args"]["models"] = [m for m in app["args"]["models"] if m["name"] in only]
-        app["deployments"] = [d for d in app["deployments"] if d["name"] in (*only, "Ingress")]
+        app["deployments"] = [d for d in app["deployments"] if d["name"] in (*only, *CATALOGUE_DEPLOYMENTS)]
     return app
+
+
+@functools.cache
+def session_store() -> Path:
+    """The model store of this test session's applications: a fresh temporary folder."""
+    return Path(tempfile.mkdtemp(prefix="vision-maas-store-"))

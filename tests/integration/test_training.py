@@ -6,6 +6,7 @@ beside the session's main one; each job's two workers take one CPU each."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -254,3 +255,80 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint(http: httpx.Clien
     assert len(restarted) == WORKERS, starts  # a new worker group, resumed from epoch 1's checkpoint or later
     assert [p["epoch"] for p in done["report"]["curve"]] == [1, 2, 3]
     assert store.version("shapes_resumed", done["version"]).is_dir()
+
+
+def predict(http: httpx.Client, model: str, picture: bytes) -> dict[str, Any]:
+    response = http.post(f"/v1/models/{model}:predict", content=picture, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def train(http: httpx.Client, dataset_id: str, seed: int) -> dict[str, Any]:
+    started = time.monotonic()
+    job = submit(http, name="symbols", dataset=dataset_id, epochs=4, seed=seed)
+    done = wait_for(http, job["id"], lambda j: j["status"] in ("succeeded", "failed", "cancelled"), 180)
+    took = time.monotonic() - started
+    assert done["status"] == "succeeded", done
+    assert took < 180, took
+    assert done["report"]["accuracy"] >= 0.95, done["report"]
+    print(f"\nversion {done['version']}: {done['report']['accuracy']:.3f} held-out accuracy in {took:.1f}s")
+    return done
+
+
+def test_the_whole_loop_upload_train_serve_canary_promote_restart_and_roll_back(
+    http: httpx.Client, store: Store, cluster: ServeCluster
+) -> None:
+    """Issue 14's end to end: every step through the HTTP API of a real cluster."""
+    archive = shapes.pack_zip(shapes.draw_set(60, seed=3))
+    uploaded = http.post("/v1/datasets", files={"archive": ("symbols.zip", archive, "application/zip")})
+    assert uploaded.status_code == 201, uploaded.text
+    dataset_id = uploaded.json()["id"]
+    assert uploaded.json()["classes"] == dict.fromkeys(shapes.SHAPES, 60)
+
+    first = train(http, dataset_id, seed=0)["version"]
+    # Served at once, as the model's stable version, on pictures it never saw.
+    unseen = shapes.draw_set(5, seed=77)
+    answers = [(label, predict(http, "symbols", picture)) for label, pictures in unseen.items() for picture in pictures]
+    assert {answer["model_version"] for _, answer in answers} == {first}
+    right = sum(answer["predictions"][0]["labels"][0]["label"] == label for label, answer in answers)
+    assert right / len(answers) >= 0.9, answers
+    listed = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+    assert listed["symbols"]["model_version"] == first
+
+    second = train(http, dataset_id, seed=1)["version"]
+    assert second != first
+    states = {v["version"]: v["state"] for v in http.get("/v1/models/symbols/versions").json()["versions"]}
+    assert states == {first: "stable", second: "inactive"}
+
+    # A canary at 20%: its measured share over 500 requests, each answer naming its version.
+    rollout = http.post("/v1/models/symbols/rollout", json={"version": second, "percent": 20})
+    assert rollout.json() == {"name": "symbols", "stable": first, "canary": second, "percent": 20, "history": []}
+    picture = unseen["circle"][0]
+    served = [predict(http, "symbols", picture)["model_version"] for _ in range(500)]
+    assert set(served) == {first, second}
+    share = served.count(second) / len(served)
+    print(f"canary share over 500 requests: {share:.3f}")
+    assert 0.15 <= share <= 0.25, share
+    pinned = http.post(
+        f"/v1/models/symbols/versions/{first}:predict", content=picture, headers={"Content-Type": "image/png"}
+    )
+    assert pinned.json()["model_version"] == first
+
+    promoted = http.post("/v1/models/symbols/rollout", json={"version": second, "percent": 100}).json()
+    assert (promoted["stable"], promoted["canary"], promoted["history"]) == (second, None, [first])
+    assert {predict(http, "symbols", picture)["model_version"] for _ in range(20)} == {second}
+
+    # A restart of the whole application: new replicas read the rollout from the store.
+    apps = copy.deepcopy(cluster.apps)
+    cluster.deploy({MAIN_APP: apps[MAIN_APP]})
+    assert (
+        http.post("/v1/models/symbols:predict", content=picture, headers={"Content-Type": "image/png"}).status_code
+        == 404
+    )
+    cluster.deploy(apps)
+    assert {predict(http, "symbols", picture)["model_version"] for _ in range(20)} == {second}
+
+    back = http.post("/v1/models/symbols/rollback").json()
+    assert (back["stable"], back["canary"], back["history"]) == (first, None, [])
+    assert {predict(http, "symbols", picture)["model_version"] for _ in range(20)} == {first}
