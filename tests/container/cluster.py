@@ -7,10 +7,12 @@ import copy
 import json
 import random
 import secrets
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -212,6 +214,7 @@ def pod_cluster(
     head_ip, worker_ip = net.address(HEAD_HOST), net.address(WORKER_HOST)
     ft = bool(cluster.get("gcsFaultToleranceOptions"))
     started: list[str] = []
+    volumes = Path(tempfile.mkdtemp(prefix="vmpods"))
     try:
         dashboard, head_serve, worker_serve = free_port(), free_port(), free_port()
         head_env = auth_env | kuberay_env(cluster, True, secret_values)
@@ -221,7 +224,7 @@ def pod_cluster(
             "--publish", f"127.0.0.1:{head_serve}:8000",
             # A pod's restartPolicy Always: with GCS fault tolerance the head restarts in place.
             *(["--restart", "always"] if ft else []),
-            *pods.run_args(head_group["template"], head_env, secret_values),
+            *pods.run_args(head_group["template"], head_env, secret_values, volumes / "head"),
         ]  # fmt: skip
         params = {"redis-password": "$REDIS_PASSWORD"} if ft and "REDIS_PASSWORD" in head_env else {}
         started.append(head)
@@ -232,7 +235,7 @@ def pod_cluster(
         worker_options = [
             "--ip", worker_ip,
             "--publish", f"127.0.0.1:{worker_serve}:8000",
-            *pods.run_args(worker_group["template"], worker_env, secret_values),
+            *pods.run_args(worker_group["template"], worker_env, secret_values, volumes / "worker"),
         ]  # fmt: skip
         start = pods.ray_start(worker_group, head=False, head_address=f"{head_ip}:{pods.GCS_PORT}")
         started.append(worker)
@@ -251,3 +254,4 @@ def pod_cluster(
     finally:
         for name in reversed(started):
             img.remove_container(name)
+        shutil.rmtree(volumes, ignore_errors=True)

@@ -10,7 +10,9 @@ image, env, the pod's and the container's securityContext, resources and volumes
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from tests.container import image as img
@@ -84,8 +86,13 @@ def run(name: str, network: str, options: list[str], image: str, start: str) -> 
     )
 
 
-def run_args(template: dict[str, Any], env: dict[str, str], secrets: dict[tuple[str, str], str]) -> list[str]:
-    """`podman run` options for a pod template's Ray container: env, security, resources, volumes."""
+def run_args(
+    template: dict[str, Any], env: dict[str, str], secrets: dict[tuple[str, str], str], volumes: Path
+) -> list[str]:
+    """`podman run` options for a pod template's Ray container: env, security, resources, volumes.
+
+    An emptyDir is a directory under `volumes`: like the pod's, it outlives a restart of the
+    container, and belongs to the pod's user and fsGroup."""
     spec = template["spec"]
     (container,) = spec["containers"]
     pod_security = spec.get("securityContext", {})
@@ -111,7 +118,11 @@ def run_args(template: dict[str, Any], env: dict[str, str], secrets: dict[tuple[
     empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
     for mount in container.get("volumeMounts", []):
         assert mount["name"] in empty_dirs, f"only emptyDir volumes run here: {mount}"
-        args += ["--mount", f"type=tmpfs,destination={mount['mountPath']},tmpfs-mode=1777"]
+        directory = volumes / mount["name"]
+        directory.mkdir(parents=True)
+        os.chown(directory, pod_security.get("runAsUser", 0), pod_security.get("fsGroup", 0))
+        directory.chmod(0o2775)
+        args += ["--mount", f"type=bind,source={directory},destination={mount['mountPath']}"]
     for item in container.get("env", []):
         if "value" in item:
             value = str(item["value"])
