@@ -55,8 +55,8 @@ def built_image(podman_ready: None) -> BuiltImage:
     img.build_base()
     wheelhouse = img.build_wheelhouse()
     seconds = img.build_image(TAG, wheelhouse)
-    # Earlier builds of the tag leave untagged images in the tier's own storage.
-    img.podman("image", "prune", "--force", check=False, timeout=300)
+    # Earlier builds of the tag leave untagged images (gigabytes each) in the tier's own storage.
+    img.remove_build_leftovers()
     return BuiltImage(TAG, seconds, img.image_size(TAG))
 
 

@@ -287,6 +287,14 @@ def build_image(tag: str, wheelhouse: Path, timeout: float = 1200) -> float:
     return time.monotonic() - started
 
 
+def remove_build_leftovers() -> None:
+    """Untagged images and the working containers of interrupted builds, in this tier's storage only."""
+    if shutil.which("buildah"):
+        storage = podman_args()[1:7]  # --root, --runroot, --storage-driver: the same storage
+        subprocess.run(["buildah", *storage, "rm", "--all"], capture_output=True, timeout=300, check=False)
+    podman("image", "prune", "--force", check=False, timeout=300)
+
+
 def image_size(ref: str) -> int:
     """The image's size in bytes, as `podman images` reports it."""
     return int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout.strip())
