@@ -16,7 +16,7 @@ export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 # One machine only (deployments/ray_env.py's ONE_MACHINE_ENV): Ctrl-C stops in seconds, not 30.
 export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S := 2
 
-.PHONY: serve test test-fast lint venv clean train k8s tools bench
+.PHONY: serve test test-fast lint venv clean train k8s tools bench image
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,18 +35,20 @@ test: $(STAMP) tools  ## the whole suite: lint, types, unit, integration, browse
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  ## lint, types and every test that starts no Ray cluster and is not marked slow
+test-fast: $(STAMP)  ## lint, types and every test that starts no Ray cluster or container and is not marked slow
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -m "not slow and not cluster and not browser"
+	$(BIN)/pytest -m "not slow and not cluster and not browser and not container"
 
 # What the suite runs beside Python, from Debian: Chromium (the playground's browser tests;
 # Playwright's own download needs the internet), hey (the benchmarks' load generator), a headless
 # Java runtime (TorchServe, a benchmark peer) and kubectl (`kubectl kustomize` of k8s/; Debian's
-# package is kubernetes-client). A tool that cannot be installed makes its tests skip, named in
-# pytest's summary.
-TOOLS := chromium:chromium hey:hey java:default-jre-headless kubectl:kubernetes-client
+# package is kubernetes-client); podman, runc and mmdebstrap build and run the serving image
+# offline (tests/container), redis-server is the external store of its GCS fault-tolerance test.
+# A tool that cannot be installed makes its tests skip, named in pytest's summary.
+TOOLS := chromium:chromium hey:hey java:default-jre-headless kubectl:kubernetes-client \
+	podman:podman buildah:buildah runc:runc mmdebstrap:mmdebstrap redis-server:redis-server
 tools:  ## install the system tools the suite needs (Debian/Ubuntu apt; sudo when not root)
 	@missing=$$(for pair in $(TOOLS); do command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done); \
 	if [ -n "$$missing" ]; then \
@@ -54,6 +56,13 @@ tools:  ## install the system tools the suite needs (Debian/Ubuntu apt; sudo whe
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing \
 	    || echo "make tools: could not install $$missing; the tests that need them will skip" >&2; \
 	fi
+
+# The serving image (Dockerfile), with Docker where its daemon answers, else podman; IMAGE_ARGS passes build options, e.g.
+# IMAGE_ARGS="--build-arg VARIANT=gpu". podman builds the docker format, which keeps HEALTHCHECK.
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE ?= vision-maas:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:  ## build the serving image with docker or podman (IMAGE=name:tag, IMAGE_ARGS=build options)
+	$(ENGINE) build $(if $(filter podman,$(notdir $(ENGINE))),--format docker) $(IMAGE_ARGS) -t $(IMAGE) .
 
 BENCH_ARGS ?= --quick
 bench: $(STAMP) tools  ## the benchmark suite (quick by default; BENCH_ARGS= for every model and size); writes benchmarks/results/

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -67,14 +68,18 @@ def _index(instructions: list[Instruction], keyword: str, pattern: str) -> int:
 
 
 def _from_index(instructions: list[Instruction]) -> int:
+    """The serving stage's FROM: the last one (the one before it names the optional wheelhouse)."""
     froms = [i for i, ins in enumerate(instructions) if ins.keyword == "FROM"]
-    assert len(froms) == 1, "one stage expected"
-    return froms[0]
+    assert len(froms) == 2, "two stages expected: the wheelhouse and the image"
+    assert instructions[froms[0]].args == "scratch AS wheelhouse", instructions[froms[0]].args
+    return froms[-1]
 
 
 def _global_args(instructions: list[Instruction]) -> dict[str, str]:
     args: dict[str, str] = {}
     for ins in instructions[: _from_index(instructions)]:
+        if ins.keyword == "FROM":
+            continue
         assert ins.keyword == "ARG", f"line {ins.line}: only ARG may come before FROM"
         args.update(assignments(ins.args))
     return args
@@ -111,8 +116,11 @@ def test_ray_version_default_equals_the_constraints_pin_when_building(instructio
     assert _global_args(instructions)["RAY_VERSION"] == pins["ray"]
 
 
-def test_base_image_is_the_official_ray_image_when_building(instructions: list[Instruction]) -> None:
-    base = instructions[_from_index(instructions)].args
+def test_base_image_is_a_build_arg_defaulting_to_the_official_ray_image_when_building(
+    instructions: list[Instruction],
+) -> None:
+    assert instructions[_from_index(instructions)].args == "${BASE_IMAGE}"
+    base = _global_args(instructions)["BASE_IMAGE"]
     match = re.fullmatch(r"rayproject/ray:\$\{RAY_VERSION\}-(py\d+)-\$\{VARIANT\}", base)
     assert match, base
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
@@ -147,10 +155,29 @@ def test_project_sources_are_copied_owned_by_ray_when_building(instructions: lis
     assert {"models", "deployments", "pyproject.toml", "constraints.txt", "README.md"} <= copied
 
 
-def test_project_is_installed_with_the_constraints_when_building(instructions: list[Instruction]) -> None:
-    install = instructions[_index(instructions, "RUN", r"pip install")].args
-    assert re.search(r"pip install --no-cache-dir -c constraints\.txt (\S+ )*\.(\s|$)", install), install
+def test_dependencies_install_with_the_constraints_or_from_the_wheelhouse_alone_when_building(
+    instructions: list[Instruction],
+) -> None:
+    install = instructions[_index(instructions, "RUN", r"pip install .*-r ")].args
+    assert "--mount=type=bind,from=wheelhouse,target=/wheelhouse" in install
+    assert 'source="--no-index --find-links /wheelhouse"' in install
+    assert 'source="-c constraints.txt $torch_index"' in install
     assert re.search(r'cpu\) [^;]*--extra-index-url https://download\.pytorch\.org/whl/cpu"?\s*;;', install), install
+    # What it installs: the project's dependencies and its image extra, read from pyproject.toml.
+    assert "['dependencies'] + p['optional-dependencies']['image']" in install
+
+
+def test_dependencies_install_before_the_code_is_copied_so_a_code_change_rebuilds_in_seconds(
+    instructions: list[Instruction],
+) -> None:
+    deps = _index(instructions, "RUN", r"pip install .*-r ")
+    copies = [i for i, ins in enumerate(instructions) if ins.keyword == "COPY"]
+    early = {w.rstrip("/") for i in copies if i < deps for w in shlex.split(instructions[i].args)[1:-1]}
+    assert early == {"pyproject.toml", "constraints.txt"}
+    code = _index(instructions, "RUN", r"pip install --no-cache-dir --no-deps \$source \.")
+    assert max(copies) < code
+    assert "--mount=type=bind,from=wheelhouse,target=/wheelhouse" in instructions[code].args
+    assert "WHEELHOUSE_ID" in _stage_args(instructions)  # a changed wheelhouse rebuilds both
 
 
 def test_nothing_is_fetched_at_runtime_when_the_image_is_used(instructions: list[Instruction]) -> None:
@@ -176,13 +203,17 @@ def test_torchvision_weights_build_arg_drives_prefetch_when_set(instructions: li
     assert torch_home < prefetch
 
 
-def test_serve_port_is_exposed_and_the_base_command_kept_when_run_by_kuberay(
-    instructions: list[Instruction],
-) -> None:
-    keywords = [ins.keyword for ins in instructions]
+def test_serve_port_health_check_and_an_init_as_pid_1_when_run_on_its_own(instructions: list[Instruction]) -> None:
     assert "8000" in [port for ins in instructions if ins.keyword == "EXPOSE" for port in ins.args.split()]
-    assert "CMD" not in keywords
-    assert "ENTRYPOINT" not in keywords
+    (health,) = [ins for ins in instructions if ins.keyword == "HEALTHCHECK"]
+    assert "http://127.0.0.1:8000/-/healthz" in health.args
+    # Exec form, so that dumb-init is PID 1 (KubeRay's pod command replaces both lines).
+    (entrypoint,) = [ins for ins in instructions if ins.keyword == "ENTRYPOINT"]
+    assert json.loads(entrypoint.args) == ["dumb-init", "--rewrite", "15:2", "--"]
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert [r.split(">")[0] for r in pyproject["project"]["optional-dependencies"]["image"]] == ["dumb-init"]
+    (cmd,) = [ins for ins in instructions if ins.keyword == "CMD"]
+    assert json.loads(cmd.args) == ["python", "-m", "deployments.container"]
 
 
 def test_dockerignore_keeps_local_state_out_and_the_sources_in_when_building() -> None:
