@@ -136,7 +136,7 @@ class Gateway:
         served, then the key must allow it (and the tenant's rate limit). Only then may a route
         read the body, parse its parameters and call the model."""
         if model not in self.cards and self.trained is not None and self.trained.serves(model):
-            card = await self.trained.card(model, version)
+            card = await self.trained.card(model, version, lambda: self.call(model, "card"))
         else:
             card = self.card(model, version)
         _, headers = await self.authorize(key, model)

@@ -18,7 +18,7 @@ import fcntl
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,8 +203,9 @@ class TrainedModels:
         """Whether `name` is a trained model of the store."""
         return self.rollouts.get(name) is not None
 
-    async def card(self, name: str, version: str | None) -> ModelCard:
-        """The card of the version that answers this request (the rollout's pick, or `version`)."""
+    async def card(self, name: str, version: str | None, fetch: Callable[[], Awaitable[ModelCard]]) -> ModelCard:
+        """The card of the version that answers this request (the rollout's pick, or `version`);
+        `fetch` asks the version's replica for it (the gateway's call, its errors mapped) once."""
         if version is None:
             version = self.rollouts.route(name)
             if version is None:
@@ -215,8 +216,9 @@ class TrainedModels:
             if not self.serves(name):
                 raise ModelNotFound(f"model {name!r} is not served; see GET /v1/models")
             read_version(self.rollouts.store, name, version)  # 404 for a version the store lacks
-            card = self._cards[key] = await self.handle(key).card.remote()
         _ROUTED.set(key)
+        if card is None:
+            card = self._cards[key] = await fetch()
         return card
 
     def handle(self, key: str) -> Any:

@@ -37,7 +37,11 @@ class StoreModels:
         self._limits = limits
         self._keys = deployment_public_keys(training, self._store)
         # Set up here, not as a decorator: the number of versions a replica keeps is configured.
-        self._version = serve.multiplexed(max_num_models_per_replica=training.max_loaded_versions)(self._load)
+        # A plain function, not the bound method: Serve keeps its model cache as an attribute of it.
+        async def load(key: str) -> ImageModel:
+            return await self._load(key)
+
+        self._version = serve.multiplexed(max_num_models_per_replica=training.max_loaded_versions)(load)
 
     async def _load(self, key: str) -> ImageModel:
         name, _, version = key.partition("@")
