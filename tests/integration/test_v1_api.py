@@ -18,6 +18,7 @@ from deployments.rest.app import reference_app
 from models.images import decode_image
 from models.registry import get_spec
 from tests.conftest import encode
+from tests.serve_cluster import session_store
 
 
 def predict(
@@ -109,16 +110,22 @@ def test_list_models_describes_every_served_model(client: httpx.Client) -> None:
     response = client.get("/v1/models")
     assert response.status_code == 200
     models = {m["name"]: m for m in response.json()["models"]}
-    assert set(models) == {
-        "digits_cnn",
-        "digits_detector",
-        "digits_segmenter",
-        "digits_dcgan",
-        "digits_denoiser",
-        "photo_denoiser",
-        "moving_digits_lstm",
-        "resnet18",
-    }
+    # The configured models, and the trained ones other tests put in the session's model store.
+    trained = {folder.name for folder in (session_store() / "models").glob("*")}
+    assert (
+        set(models)
+        == {
+            "digits_cnn",
+            "digits_detector",
+            "digits_segmenter",
+            "digits_dcgan",
+            "digits_denoiser",
+            "photo_denoiser",
+            "moving_digits_lstm",
+            "resnet18",
+        }
+        | trained
+    )
     digits = models["digits_cnn"]
     assert digits["task"] == "classification"
     assert digits["input"] == {"size": [28, 28], "channels": 1, "mode": "L", "shape": [1, 28, 28]}
