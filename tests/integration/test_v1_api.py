@@ -111,7 +111,7 @@ def test_list_models_describes_every_served_model(client: httpx.Client) -> None:
     assert response.status_code == 200
     models = {m["name"]: m for m in response.json()["models"]}
     # The configured models, and the trained ones other tests put in the session's model store.
-    trained = {folder.name for folder in (session_store() / "models").glob("*")}
+    trained = {rollout.parent.name for rollout in (session_store() / "models").glob("*/rollout.json")}
     assert (
         set(models)
         == {
