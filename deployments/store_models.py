@@ -36,6 +36,7 @@ class StoreModels:
         self._store = Store.at(training.store)
         self._limits = limits
         self._keys = deployment_public_keys(training, self._store)
+
         # Set up here, not as a decorator: the number of versions a replica keeps is configured.
         # A plain function, not the bound method: Serve keeps its model cache as an attribute of it.
         async def load(key: str) -> ImageModel:
