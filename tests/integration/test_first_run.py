@@ -25,7 +25,8 @@ import psutil
 import pytest
 import yaml
 
-from deployments.app import INGRESS_OPTIONS, LIMITER_OPTIONS, MODEL_OPTIONS
+from deployments.app import INGRESS_OPTIONS, LIMITER_OPTIONS, MODEL_OPTIONS, TRAINING_OPTIONS
+from deployments.args import TrainingArgs
 from deployments.ray_env import ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
 from tests.serve_cluster import DEFAULT_CONFIG, REPO, free_port
 
@@ -47,12 +48,20 @@ def _cpus(deployment: dict[str, Any]) -> float:
 
 
 @pytest.mark.parametrize("path", [DEFAULT_CONFIG, IMAGENET_CONFIG], ids=lambda p: p.name)
-def test_shipped_config_leaves_room_on_two_cores_for_api_keys_and_a_second_replica(path: Path) -> None:
+def test_shipped_config_leaves_room_on_two_cores_for_api_keys_and_a_training_job_or_a_second_replica(
+    path: Path,
+) -> None:
     (app,) = yaml.safe_load(path.read_text())["applications"]
     replicas = sum(_cpus(d) * d.get("num_replicas", 1) for d in app["deployments"])
     limiter = float(LIMITER_OPTIONS["ray_actor_options"]["num_cpus"])
-    second = max(_cpus(d) for d in app["deployments"] if d["name"] != "Ingress")
-    assert replicas + limiter + second <= CORES
+    training = TrainingArgs.model_validate(app["args"].get("training", {}))
+    if training.enabled:
+        # Training's job queue and one job's workers, beside the replicas (and StoreModels, listed).
+        assert "StoreModels" in {d["name"] for d in app["deployments"]}
+        extra = float(TRAINING_OPTIONS["ray_actor_options"]["num_cpus"]) + training.workers * training.cpus_per_worker
+    else:
+        extra = max(_cpus(d) for d in app["deployments"] if d["name"] != "Ingress")
+    assert replicas + limiter + extra <= CORES
 
 
 class FirstRun:
@@ -208,7 +217,7 @@ def test_replica_asking_more_cpus_than_the_machine_has_is_explained_on_the_conso
         return kept
 
     def one_model(args: dict[str, Any]) -> dict[str, Any]:
-        return args | {"models": [{"name": "digits_cnn"}]}
+        return args | {"models": [{"name": "digits_cnn"}], "training": {"enabled": False}}
 
     run, _ = first_run({"args": one_model, "deployments": one_greedy_model})
     # Starting Ray itself is out of the announcer's hands (20 s on a busy 2-core machine).
