@@ -23,11 +23,21 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from contract.lifecycle import EvaluationReport, ModelVersion, Rollout
 from deployments.rest.app import reference_app
+from deployments.store import Store, write_json
+from tests.serve_cluster import session_store
 
 MODEL = "digits_cnn"
 # Operations only another task answers: a classifier's :generate stops at route_not_supported.
-MODEL_FOR = {"/v1/models/{model}:generate": "digits_dcgan"}
+# A trained model's version and rollout routes: a model of the session's store (`trained`, below).
+TRAINED = "fuzzed_shapes"
+MODEL_FOR = {
+    "/v1/models/{model}:generate": "digits_dcgan",
+    **dict.fromkeys(
+        ("/v1/models/{model}/versions", "/v1/models/{model}/rollout", "/v1/models/{model}/rollback"), TRAINED
+    ),
+}
 MAX_EXAMPLES = 25
 CHECKS = [not_a_server_error, response_schema_conformance]
 
@@ -110,8 +120,46 @@ def test_live_document_has_these_operations(api_schema: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+@pytest.fixture(scope="module")
+def trained() -> str:
+    """A trained model's records in the session's model store, as its version and rollout routes
+    read them: one version, not rolled out (nothing here predicts with it)."""
+    store = Store.at(str(session_store()))
+    report = EvaluationReport(
+        accuracy=1.0,
+        macro_precision=1.0,
+        macro_recall=1.0,
+        macro_f1=1.0,
+        per_class={},
+        labels=["circle", "square"],
+        confusion_matrix=[[1, 0], [0, 1]],
+        curve=[],
+        train_images=8,
+        val_images=2,
+    )
+    version = ModelVersion(
+        name=TRAINED,
+        version="0" * 12,
+        base_model=MODEL,
+        dataset="0" * 16,
+        categories=report.labels,
+        created=0.0,
+        report=report,
+    )
+    write_json(store.version(TRAINED, version.version) / "version.json", version.model_dump())
+    # No stable version: the catalogue lists only models that have one, and predicts with none.
+    write_json(store.rollout(TRAINED), Rollout(name=TRAINED).model_dump())
+    return TRAINED
+
+
 def test_operation_answers_within_its_schema_when_fuzzed(
-    api_schema: Any, base_url: str, served_version: str, method: str, path: str, request: pytest.FixtureRequest
+    api_schema: Any,
+    base_url: str,
+    served_version: str,
+    trained: str,
+    method: str,
+    path: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     operation = api_schema[path][method]
     # Valid and invalid requests alike: the server must answer both without a 5xx.

@@ -35,7 +35,7 @@ def test_config_file_validates_against_serve_schema_and_app_args(path: Path) -> 
         args = AppArgs.model_validate(app.args)
         served = {m.name for m in args.models}
         for deployment in app.deployments:
-            assert deployment.name in served | {"Ingress"}, deployment.name
+            assert deployment.name in served | set(topology.CATALOGUE_DEPLOYMENTS), deployment.name
             if "user_config" in deployment.model_fields_set:
                 BatchConfig.model_validate(deployment.user_config)
         assert isinstance(build_app(app.args), Application)

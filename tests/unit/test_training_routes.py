@@ -14,7 +14,7 @@ import pytest
 from deployments.args import AuthArgs, LimitsArgs, TrainingArgs
 from deployments.auth import hash_key
 from deployments.gateway import Gateway, LocalHandle
-from deployments.rest.app import create_app
+from deployments.rest.app import create_app, lifecycle_routers
 from deployments.training import TrainingJobs
 
 ADMIN, TENANT = "vmk_" + "a" * 43, "vmk_" + "b" * 43
@@ -31,8 +31,10 @@ def call(tmp_path: Path) -> Any:
     }
     (tmp_path / "keys.json").write_text(json.dumps(keys))
     auth = AuthArgs(enabled=True, keys_file=str(tmp_path / "keys.json"))
-    service = TrainingJobs.func_or_class(TrainingArgs(enabled=True, store=str(tmp_path / "store")), ["digits_cnn"])  # type: ignore[attr-defined]
-    app = create_app(Gateway({}, {}, LimitsArgs(), auth, None), training=LocalHandle(service))  # type: ignore[arg-type]
+    training = TrainingArgs(enabled=True, store=str(tmp_path / "store"))
+    service = TrainingJobs.func_or_class(training, ["digits_cnn"])  # type: ignore[attr-defined]
+    gateway = Gateway({}, {}, LimitsArgs(), auth, None, training, training_jobs=LocalHandle(service))
+    app = create_app(gateway, lifecycle_routers(gateway))
 
     def request(method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
@@ -71,7 +73,16 @@ def test_an_admin_gets_the_services_answers(call: Any) -> None:
     assert error(call("DELETE", f"{JOBS}/nosuch", ADMIN)) == (404, "not_found")
 
 
-def test_the_routes_are_mounted_only_with_the_service() -> None:
+def test_the_routes_are_mounted_only_when_training_is_on_and_answer_503_without_the_service(tmp_path: Path) -> None:
     gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None)
-    paths = create_app(gateway).openapi()["paths"]
+    paths = create_app(gateway, lifecycle_routers(gateway)).openapi()["paths"]
     assert not [path for path in paths if path.startswith(JOBS)]
+    training = TrainingArgs(enabled=True, store=str(tmp_path / "store"))
+    gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None, training)
+    app = create_app(gateway, lifecycle_routers(gateway))
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingress") as client:
+            return await client.get(JOBS)
+
+    assert error(asyncio.run(send())) == (503, "unavailable")
