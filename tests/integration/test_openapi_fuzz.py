@@ -118,8 +118,6 @@ def test_live_document_has_these_operations(api_schema: Any) -> None:
     assert live == OPERATIONS
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 @pytest.fixture(scope="module")
 def trained() -> str:
     """A trained model's records in the session's model store, as its version and rollout routes
@@ -152,6 +150,8 @@ def trained() -> str:
     return TRAINED
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_operation_answers_within_its_schema_when_fuzzed(
     api_schema: Any,
     base_url: str,
