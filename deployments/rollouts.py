@@ -60,6 +60,14 @@ def read_rollout(store: Store, name: str) -> Rollout | None:
         return None
 
 
+def require_rollout(store: Store, name: str) -> Rollout:
+    """The model's rollout (404 when the store has no trained model of that name)."""
+    rollout = read_rollout(store, name)
+    if rollout is None:
+        raise ModelNotFound(f"the model store has no trained model {name!r}")
+    return rollout
+
+
 def read_version(store: Store, name: str, version: str) -> ModelVersion:
     """One version's record (404 when the store has no such version)."""
     if not MODEL_NAME.fullmatch(name) or not _is_version(version):
@@ -84,9 +92,7 @@ def with_state(record: ModelVersion, rollout: Rollout) -> ModelVersion:
 
 def list_versions(store: Store, name: str) -> list[ModelVersion]:
     """Every version of a trained model, oldest first, each with its state (404 for an unknown model)."""
-    rollout = read_rollout(store, name)
-    if rollout is None:
-        raise ModelNotFound(f"the model store has no trained model {name!r}")
+    rollout = require_rollout(store, name)
     folder = store.versions(name)
     versions = [
         read_version(store, name, entry.name)
@@ -118,9 +124,7 @@ def apply_rollout(store: Store, name: str, request: RolloutRequest) -> Rollout:
 def rollback(store: Store, name: str) -> Rollout:
     """Drop the canary; without one, return to the previous stable version (409 when there is none)."""
     with _locked(store, name):
-        rollout = read_rollout(store, name)
-        if rollout is None:
-            raise ModelNotFound(f"the model store has no trained model {name!r}")
+        rollout = require_rollout(store, name)
         if rollout.canary is not None:
             rollout = rollout.model_copy(update={"canary": None, "percent": 0})
         elif rollout.history:

@@ -9,7 +9,6 @@ from fastapi.responses import Response
 
 from contract.lifecycle import ModelVersionList, Rollout, RolloutRequest
 from deployments import inputs, openapi, rollouts
-from deployments.errors import ModelNotFound
 from deployments.gateway import Gateway
 from deployments.rest.common import CREDENTIAL
 from deployments.store import Store
@@ -23,12 +22,6 @@ def router(gateway: Gateway, store: Store) -> APIRouter:
     """The routes over the model store at `store`."""
     api = APIRouter(tags=["lifecycle"])
     limits = gateway.limits
-
-    def rollout_of(model: str) -> Rollout:
-        rollout = rollouts.read_rollout(store, model)
-        if rollout is None:
-            raise ModelNotFound(f"the model store has no trained model {model!r}")
-        return rollout
 
     @api.get(
         "/v1/models/{model}/versions",
@@ -51,7 +44,7 @@ def router(gateway: Gateway, store: Store) -> APIRouter:
     async def get_rollout(model: str, key: str | None = CREDENTIAL) -> Response:
         """The stable version, the canary and its share, and the earlier stable versions."""
         _, headers = await gateway.authorize_admin(key)
-        return _json(await asyncio.to_thread(rollout_of, model), headers)
+        return _json(await asyncio.to_thread(rollouts.require_rollout, store, model), headers)
 
     @api.post(
         "/v1/models/{model}/rollout",

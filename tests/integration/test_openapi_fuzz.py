@@ -23,10 +23,11 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from contract.lifecycle import EvaluationReport, ModelVersion, Rollout
+from contract.lifecycle import ModelVersion, Rollout
 from deployments.rest.app import reference_app
 from deployments.store import Store, write_json
 from tests.serve_cluster import session_store
+from tests.unit.test_rollouts import REPORT
 
 MODEL = "digits_cnn"
 # Operations only another task answers: a classifier's :generate stops at route_not_supported.
@@ -123,26 +124,14 @@ def trained() -> str:
     """A trained model's records in the session's model store, as its version and rollout routes
     read them: one version, not rolled out (nothing here predicts with it)."""
     store = Store.at(str(session_store()))
-    report = EvaluationReport(
-        accuracy=1.0,
-        macro_precision=1.0,
-        macro_recall=1.0,
-        macro_f1=1.0,
-        per_class={},
-        labels=["circle", "square"],
-        confusion_matrix=[[1, 0], [0, 1]],
-        curve=[],
-        train_images=8,
-        val_images=2,
-    )
     version = ModelVersion(
         name=TRAINED,
         version="0" * 12,
         base_model=MODEL,
         dataset="0" * 16,
-        categories=report.labels,
+        categories=REPORT.labels,
         created=0.0,
-        report=report,
+        report=REPORT,
     )
     write_json(store.version(TRAINED, version.version) / "version.json", version.model_dump())
     # No stable version: the catalogue lists only models that have one, and predicts with none.
