@@ -135,7 +135,7 @@ class Gateway:
         """The first steps of every model route, in one order: the model (and version) must be
         served, then the key must allow it (and the tenant's rate limit). Only then may a route
         read the body, parse its parameters and call the model."""
-        if model not in self.cards and self.trained is not None and self.trained.serves(model):
+        if model not in self.cards and self.trained is not None:
             card = await self.trained.card(model, version, lambda: self.call(model, "card"))
         else:
             card = self.card(model, version)
