@@ -15,6 +15,8 @@ export RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE := 1
 export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 # One machine only (deployments/ray_env.py's ONE_MACHINE_ENV): Ctrl-C stops in seconds, not 30.
 export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S := 2
+# One machine only: serving replicas at niceness 0, ahead of training's (ONE_MACHINE_ENV says why).
+export RAY_worker_niceness := 0
 
 .PHONY: serve test test-fast lint venv clean train k8s tools bench image
 

@@ -23,6 +23,7 @@ from deployments.ray_env import check_body_limit
 from deployments.schemas import ModelCard
 from deployments.topology import model_app_name
 from deployments.training import TrainingJobs
+from deployments.training import runtime_env as training_runtime_env
 from models.registry import get_spec
 from models.weights import WeightsError
 
@@ -116,7 +117,13 @@ def _training(app_args: AppArgs) -> Application | None:
     """The TrainingJobs deployment when training is enabled (the configured names stay untrainable)."""
     if not app_args.training.enabled:
         return None
-    jobs = TrainingJobs.options(**TRAINING_OPTIONS)  # type: ignore[attr-defined]
+    # The queue runs at training's priority: Ray Train's controller and helper actors are its
+    # children and inherit its runtime env.
+    options = TRAINING_OPTIONS | {
+        "ray_actor_options": TRAINING_OPTIONS["ray_actor_options"]
+        | {"runtime_env": training_runtime_env(app_args.training.niceness)}
+    }
+    jobs = TrainingJobs.options(**options)  # type: ignore[attr-defined]
     app: Application = jobs.bind(app_args.training, [model.name for model in app_args.models])
     return app
 

@@ -156,6 +156,14 @@ class TrainingArgs(_Strict):
         default_factory=dict,
         description="Extra Ray resources per worker (say `training: 1`), to keep training on nodes set aside for it.",
     )
+    niceness: int = Field(
+        19,
+        ge=-20,
+        le=19,
+        description="CPU niceness (Linux) of training's processes (the job queue, Ray Train's controller, its "
+        "helpers and workers), from their start, relative to Ray's own: serving runs first wherever both share "
+        "cores. A cluster that keeps training on nodes of its own (`resources_per_worker`) can leave it.",
+    )
     max_failures: int = Field(2, ge=0, description="Worker failures a job survives, resuming from its last checkpoint.")
     max_running_jobs: int = Field(1, ge=1, description="Jobs training at once; more wait queued.")
     max_jobs_per_tenant: int = Field(4, ge=1, description="A tenant's jobs queued or running at once.")

@@ -41,7 +41,18 @@ THROUGHPUT_ENV: dict[str, str] = {
 # one machine the only balancer is the node's HAProxy, which learns of the stop at once and
 # retries a refused connection on another replica. At 30 s, Ctrl-C (`serve run` shuts Serve down
 # gracefully) took 30 s to stop `make serve`, and every test cluster as long to stop.
-ONE_MACHINE_ENV: dict[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+#
+# RAY_worker_niceness: Ray lowers every worker to niceness 15 (its `worker_niceness`) once it has
+# started, but a new worker runs its first second (Python, importing Ray) at the raylet's priority.
+# With training on, a job starts about eight processes (Ray Train's controller, helpers, workers), and
+# on shared cores those start-ups ran 28x ahead of the serving replicas: :predict's p99 went from
+# 20 ms to 400 ms while a job started (benchmarks/training.py). Serving replicas at the raylet's own
+# priority share fairly with any start-up; training's processes run below it, from their first
+# instruction (training.niceness, deployments/training.py runtime_env).
+ONE_MACHINE_ENV: dict[str, str] = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    "RAY_worker_niceness": "0",
+}
 
 # Ray's own defaults (its Python proxy actor and actor calls between deployments), for comparison.
 CLASSIC_ENV: dict[str, str] = {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}

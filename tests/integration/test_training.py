@@ -131,6 +131,8 @@ def test_one_job_runs_at_a_time_a_tenant_has_a_quota_and_cancel_stops_both(http:
     assert http.get(f"/v1/training/jobs/{second['id']}").json()["status"] == "queued"  # max_running_jobs: 1
     pids = [w["pid"] for w in workers(first["id"])]
     assert len(pids) == WORKERS
+    # Below the serving replicas (Ray starts those at 15): training.niceness, default 19.
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [19] * WORKERS
 
     cancelled = http.delete(f"/v1/training/jobs/{second['id']}")
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
