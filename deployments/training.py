@@ -572,8 +572,10 @@ class TrainingJobs:
         return path if "://" in path else str(Path(path).expanduser().resolve())
 
     def _trainer(self, job: TrainingJob, channel: Any) -> Any:
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        # Ray Train V2's classes by their own modules: `ray.train` and `ray.train.torch` export them
+        # at run time, but their V1 imports are what mypy reads.
+        from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.v2.torch.torch_trainer import TorchTrainer
 
         use_gpu = self.args.use_gpu
         if use_gpu is None:
