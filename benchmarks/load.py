@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -113,9 +114,10 @@ def closed_loop(url: str, body: bytes, content_type: str, concurrency: int, seco
 
 
 async def _open_loop(
-    url: str, body: bytes, content_type: str, rate: float, seconds: float
+    url: str, body: bytes, content_type: str, rate: float, seconds: float, answers: list[bytes] | None = None
 ) -> tuple[list[float], int, float]:
-    """(2xx latencies in ms, other answers, seconds from the first send to the last answer)."""
+    """(2xx latencies in ms, other answers, seconds from the first send to the last answer); each 2xx
+    answer's body is appended to `answers`, in the latencies' order, when it is given."""
     latencies: list[float] = []
     errors = 0
     last_done = 0.0
@@ -127,11 +129,13 @@ async def _open_loop(
             nonlocal errors, last_done
             try:
                 async with session.post(url, data=body, headers={"Content-Type": content_type}) as response:
-                    await response.read()
+                    answer = await response.read()
                     if response.status == 200:
                         # From the scheduled send time: a server that falls behind is charged for the
                         # queue it builds (no coordinated omission).
                         latencies.append((time.perf_counter() - scheduled) * 1000.0)
+                        if answers is not None:
+                            answers.append(answer)
                     else:
                         errors += 1
             except (aiohttp.ClientError, TimeoutError):
@@ -149,6 +153,28 @@ async def _open_loop(
             tasks.append(asyncio.create_task(one(scheduled)))
         await asyncio.gather(*tasks)
     return latencies, errors, max(last_done - start, 1e-9)
+
+
+def open_loop_by(
+    url: str, body: bytes, content_type: str, rate: float, seconds: float, key: Callable[[bytes], str]
+) -> dict[str, Any]:
+    """open_loop's run, its latencies also split by `key` of each answer's body (say, the version that
+    answered): {"all": {...}, "by": {key: {"ok", "share", "p50_ms", "p90_ms", "p99_ms"}}}."""
+    answers: list[bytes] = []
+    latencies, errors, measured = asyncio.run(_open_loop(url, body, content_type, rate, seconds, answers))
+    groups: dict[str, list[float]] = {}
+    for latency, answer in zip(latencies, answers, strict=True):
+        groups.setdefault(key(answer), []).append(latency)
+    split = {
+        name: {"ok": len(group), "share": len(group) / max(len(latencies), 1)}
+        | {k: v for k, v in percentiles(group).items() if k != "quantiles_ms"}
+        for name, group in sorted(groups.items())
+    }
+    overall = {k: v for k, v in percentiles(latencies).items() if k != "quantiles_ms"}
+    return {
+        "all": {"ok": len(latencies), "errors": errors, **measured_rate(len(latencies), measured, seconds)} | overall,
+        "by": split,
+    }
 
 
 def open_loop(url: str, body: bytes, content_type: str, rate: float, seconds: float) -> dict[str, Any]:

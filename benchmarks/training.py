@@ -38,12 +38,19 @@ RESULTS = REPO / "benchmarks" / "results"
 TARGET_RATIO = 1.5
 
 
-def training_deployment(port: int, store: Path) -> Server:
-    """The default config on `port`, training on with its store at `store`."""
+def training_deployment(port: int, store: Path, one_hop: tuple[str, ...] = ()) -> Server:
+    """The default config on `port`, training on with its store at `store` (and `one_hop` trained
+    models given applications of their own, each replica on 0.05 CPU: the laptop's shares leave
+    0.15, a job's worker takes 0.1)."""
     config = yaml.safe_load((REPO / "deployments" / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     (app,) = config["applications"]
-    app["args"]["training"] = app["args"].get("training", {}) | {"enabled": True, "store": str(store)}
+    app["deployments"] += [{"name": name, "ray_actor_options": {"num_cpus": 0.05}} for name in one_hop]
+    app["args"]["training"] = app["args"].get("training", {}) | {
+        "enabled": True,
+        "store": str(store),
+        "one_hop": list(one_hop),
+    }
     path = write_config(expand(config))
     env = THROUGHPUT_ENV | ONE_MACHINE_ENV | host_ports_of_its_own()
     return Server("default", serve_command(path), f"http://127.0.0.1:{port}", "image/jpeg", env=env)
@@ -89,10 +96,7 @@ def main(argv: list[str]) -> int:
     try:
         wait_http(f"{server.url}/v2/health/ready")
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            archive = pack_zip(draw_set(per_class=60, seed=0))
-            uploaded = http.post("/v1/datasets", files={"archive": ("shapes.zip", archive, "application/zip")})
-            uploaded.raise_for_status()
-            dataset = uploaded.json()["id"]
+            dataset = upload_shapes(http, per_class=60)
             window(predict, image, options.rate, 5.0)  # warm
             for repeat in range(options.repeats):  # interleaved: a slow spell hits both
                 idle.append(window(predict, image, options.rate, options.window_s))
@@ -131,10 +135,24 @@ def main(argv: list[str]) -> int:
         },
     }
     results["p99_ratio"] = results["p99_ms"]["training"] / results["p99_ms"]["idle"]
-    (options.out / "training.json").write_text(json.dumps(results, indent=1) + "\n")
-    (options.out / "training.md").write_text("\n".join(table(results)) + "\n")
-    print("\n".join(table(results)))
+    publish(options.out, "training", results, table(results))
     return 0
+
+
+def upload_shapes(http: httpx.Client, per_class: int) -> str:
+    """Upload a drawn data set (models/training/shapes.py); its id."""
+    archive = pack_zip(draw_set(per_class=per_class, seed=0))
+    uploaded = http.post("/v1/datasets", files={"archive": ("shapes.zip", archive, "application/zip")})
+    uploaded.raise_for_status()
+    dataset: str = uploaded.json()["id"]
+    return dataset
+
+
+def publish(out: Path, name: str, results: dict[str, Any], lines: list[str]) -> None:
+    """`results` as <out>/<name>.json, its table as <name>.md, and the table printed."""
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def table(results: dict[str, Any]) -> list[str]:

@@ -175,3 +175,21 @@ def build_model(args: dict[str, Any]) -> Application:
     deployment = ImageModelIngress.options(name=model.name, **MODEL_OPTIONS)  # type: ignore[attr-defined]
     app: Application = deployment.bind(model, app_args.limits, app_args.artifacts, app_args.auth, app_args.application)
     return app
+
+
+def build_trained(args: dict[str, Any]) -> Application:
+    """One trained model's application (training.one_hop): its replicas hold the stable version and
+    answer its `:predict` over HTTP; a canary's share goes on to the catalogue's StoreModels."""
+    app_args = _args(args)
+    training = app_args.training
+    if app_args.application is None or not training.enabled or len(training.one_hop) != 1:
+        raise ValueError(
+            "build_trained needs training on, one training.one_hop name and args.application "
+            "(deployments.topology sets them)"
+        )
+    from deployments.store_models import TrainedModelIngress
+
+    (name,) = training.one_hop
+    deployment = TrainedModelIngress.options(name=name, **STORE_MODELS_OPTIONS)  # type: ignore[attr-defined]
+    app: Application = deployment.bind(training, app_args.limits, app_args.auth, app_args.application)
+    return app

@@ -175,7 +175,24 @@ class TrainingArgs(_Strict):
     signing_key_env: str = Field(
         "VISION_MAAS_DEPLOY_SIGNING_KEY", description="Variable holding the PEM private key when no file is set."
     )
+    one_hop: list[str] = Field(
+        default_factory=list,
+        description="Trained models whose `:predict` gets its own Serve application, as a configured model's "
+        "does (deployments/topology.py): its replicas hold the stable version and answer HTTP themselves, and "
+        "only a canary's share passes on, over a handle, to StoreModels. Other trained models are served "
+        "through the catalogue (two hops).",
+    )
     datasets: DatasetLimits = DatasetLimits()
+
+    @field_validator("one_hop")
+    @classmethod
+    def _model_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(f"one_hop: {name!r} is not a model name")
+        if len(set(names)) != len(names):
+            raise ValueError("one_hop: a name is listed twice")
+        return names
 
 
 class AppArgs(_Strict):
@@ -209,4 +226,7 @@ class AppArgs(_Strict):
                 raise ValueError(f"model {model.name!r}: {exc}") from None
             if model.backend != "eager" and entry.task != Task.CLASSIFICATION:
                 raise ValueError(f"model {model.name!r}: backend {model.backend!r} runs classifiers only")
+        configured = seen & set(self.training.one_hop)
+        if configured:
+            raise ValueError(f"training.one_hop: {sorted(configured)} are configured models, never trained ones")
         return self

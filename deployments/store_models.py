@@ -4,11 +4,18 @@ A version is loaded on a replica the first time a request for it arrives there, 
 manifest is verified with the deployment key, and is then an ImageModel like any configured model
 (the same decoding, limits, batching and answers). Serve's model multiplexing keeps each replica's
 `max_loaded_versions` most recently used versions and routes a version's requests to the replicas
-that hold it, so a canary and its stable version are both warm without a deployment per version."""
+that hold it, so a canary and its stable version are both warm without a deployment per version.
+
+A trained model listed in `training.one_hop` also gets an application of its own
+(deployments.topology), whose replica, TrainedModel, is a StoreModels that answers the
+model's `:predict` over HTTP itself: the stable version runs in it, called in-process, and only a
+canary's share is passed on, over a handle, to the catalogue's StoreModels. So the stable share
+reaches its model in one hop, as a configured model's requests do, and the canary pays one more."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import Any
 
@@ -17,9 +24,12 @@ from ray import serve
 
 from contract.answers import ExplainResponse, PredictResponse
 from contract.params import ExplainParams
-from deployments.args import ArtifactsArgs, LimitsArgs, ModelArgs, TrainingArgs
+from deployments.args import ArtifactsArgs, AuthArgs, LimitsArgs, ModelArgs, TrainingArgs
 from deployments.errors import ModelNotFound
+from deployments.gateway import Gateway, LocalHandle
 from deployments.image_model import ImageModel
+from deployments.rest.app import create_model_app
+from deployments.rollouts import RolloutCache, model_id
 from deployments.schemas import ModelCard
 from deployments.signing import deployment_public_keys
 from deployments.store import Store
@@ -43,6 +53,7 @@ class StoreModels:
             return await self._load(key)
 
         self._version = serve.multiplexed(max_num_models_per_replica=training.max_loaded_versions)(load)
+        self._loads: list[str] = []
 
     async def _load(self, key: str) -> ImageModel:
         name, _, version = key.partition("@")
@@ -57,7 +68,13 @@ class StoreModels:
             spec = trained_spec(directory, name, version)
             return ImageModel(ModelArgs(name=name), self._limits, ArtifactsArgs(), spec=spec)
 
-        return await asyncio.to_thread(load)
+        model = await asyncio.to_thread(load)
+        self._loads.append(key)
+        return model
+
+    def loads(self) -> list[str]:
+        """The versions this replica has loaded, in order (`name@version`; again after an eviction)."""
+        return list(self._loads)
 
     async def _model(self) -> ImageModel:
         model: ImageModel = await self._version(serve.get_multiplexed_model_id())
@@ -86,4 +103,62 @@ class StoreModels:
         return (await self._model()).ready()
 
 
+class _Version:
+    """One loaded version's methods, called in this replica (through LocalHandle)."""
+
+    def __init__(self, replica: StoreModels, key: str) -> None:
+        self._replica, self._key = replica, key
+
+    def __getattr__(self, method: str) -> Any:
+        async def call(*args: Any) -> Any:
+            model = await self._replica._version(self._key)
+            result = getattr(model, method)(*args)
+            return await result if inspect.isawaitable(result) else result
+
+        return call
+
+
+class _StableHere:
+    """What the gateway of a trained model's own replica takes for the StoreModels handle: the
+    stable version's calls run here, in-process; any other version's go on to `remote`."""
+
+    def __init__(self, replica: StoreModels, name: str, remote: Any) -> None:
+        self._replica, self._name, self._remote = replica, name, remote
+        self._rollouts = RolloutCache(replica._store)
+
+    def options(self, *, multiplexed_model_id: str) -> Any:
+        rollout = self._rollouts.get(self._name)
+        if (
+            rollout is not None
+            and rollout.stable is not None
+            and multiplexed_model_id == model_id(self._name, rollout.stable)
+        ):
+            return LocalHandle(_Version(self._replica, multiplexed_model_id))
+        return self._remote.options(multiplexed_model_id=multiplexed_model_id)
+
+
+class TrainedModel(StoreModels):
+    """One trained model's own application (training.one_hop): the HTTP ingress of its `:predict`."""
+
+    def __init__(self, training: TrainingArgs, limits: LimitsArgs, auth: AuthArgs, application: str) -> None:
+        super().__init__(training, limits)
+        (self._name,) = training.one_hop
+        self._training, self._served_limits, self._auth = training, limits, auth
+        # The catalogue application: its StoreModels serves the other versions, its RateLimiter
+        # counts this model's requests with the rest of the tenant's.
+        self._application = application
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """The catalogue's `:predict` route over a gateway whose only model is this trained one."""
+        limiter = None
+        if self._auth.enabled:
+            limiter = serve.get_deployment_handle("RateLimiter", app_name=self._application)
+        remote = serve.get_deployment_handle("StoreModels", app_name=self._application)
+        gateway = Gateway(
+            {}, {}, self._served_limits, self._auth, limiter, self._training, _StableHere(self, self._name, remote)
+        )
+        return create_model_app(gateway, "predict", model=self._name)
+
+
 StoreModelsDeployment = serve.deployment(StoreModels)
+TrainedModelIngress = serve.deployment(serve.ingress()(TrainedModel))

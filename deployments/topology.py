@@ -11,7 +11,11 @@ into what Serve runs:
   that runs the model in one hop (`deployments.app:build_model`);
 - the catalogue application, `<app>` at `<prefix>`: every other route (the catalogue, `:explain`,
   annotate, /v2, docs, metrics, the playground, unknown models, an encoded `%3A` verb), calling the
-  model applications over handles (`deployments.app:build_catalogue`).
+  model applications over handles (`deployments.app:build_catalogue`);
+- with training on, one application per trained model listed in `training.one_hop`, `<app>-<name>`,
+  at `<prefix>/v1/models/<name>:predict`: its replicas hold the model's stable version and answer
+  HTTP themselves; a canary's share passes on to the catalogue's StoreModels
+  (`deployments.app:build_trained`). Other trained models are served through the catalogue.
 
 Route prefixes match at `/` boundaries and the longest wins, so `/v1/models/digits_cnn:predict`
 goes to its model's application and `/v1/models/digits_cnn:explain` to the catalogue.
@@ -39,6 +43,7 @@ from contract.tasks import Task
 AUTHORED = "deployments.app:build_app"
 CATALOGUE = "deployments.app:build_catalogue"
 MODEL = "deployments.app:build_model"
+TRAINED = "deployments.app:build_trained"
 # What an application's entries other than the models' are (they stay in the catalogue).
 CATALOGUE_DEPLOYMENTS = ("Ingress", "RateLimiter", "StoreModels", "TrainingJobs")
 # Serve's own limits answer plain text: a model's admission is its user_config's max_requests,
@@ -80,6 +85,9 @@ def expand_app(app: dict[str, Any]) -> list[dict[str, Any]]:
     models = args.get("models") or []
     entries = {d["name"]: copy.deepcopy(d) for d in app.get("deployments") or []}
     names = [m["name"] for m in models]
+    training = args.get("training") or {}
+    trained = list(training.get("one_hop") or []) if training.get("enabled") else []
+    names += trained
     unknown = set(entries) - set(names) - set(CATALOGUE_DEPLOYMENTS)
     if unknown:
         raise ValueError(f"application {name!r}: deployments {sorted(unknown)} name no configured model")
@@ -114,6 +122,17 @@ def expand_app(app: dict[str, Any]) -> list[dict[str, Any]]:
         }
         if entry is not None:
             one["deployments"] = [entry]
+        expanded.append(one)
+    for model_name in trained:
+        one = {
+            "name": model_app_name(name, model_name),
+            "route_prefix": hot_route(prefix, model_name, "predict"),
+            "import_path": TRAINED,
+            "args": copy.deepcopy(args) | {"training": training | {"one_hop": [model_name]}, "application": name},
+            **shared,
+        }
+        if model_name in entries:
+            one["deployments"] = [entries[model_name]]
         expanded.append(one)
     return expanded
 

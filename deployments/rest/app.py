@@ -219,12 +219,17 @@ class _RoutesFromCatalogueRoot:
 
 
 def create_model_app(
-    gateway: Gateway, verb: str, admitted: Callable[[], AbstractContextManager[None]] | None = None
+    gateway: Gateway,
+    verb: str,
+    admitted: Callable[[], AbstractContextManager[None]] | None = None,
+    model: str | None = None,
 ) -> FastAPI:
-    """The hot verb (`predict` or `generate`) of the gateway's one model: the catalogue's route,
-    its errors, access log and metrics; the catalogue's OpenAPI document covers it. `admitted`,
-    the replica's admission, is held from before the body is read to the answer."""
-    (model,) = gateway.cards
+    """The hot verb (`predict` or `generate`) of one model: the catalogue's route, its errors, access
+    log and metrics; the catalogue's OpenAPI document covers it. The model is `model`, else the
+    gateway's one configured model. `admitted`, the replica's admission, is held from before the
+    body is read to the answer."""
+    if model is None:
+        (model,) = gateway.cards
 
     async def admission(request: Request) -> AsyncIterator[None]:
         if admitted is None:

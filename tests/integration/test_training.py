@@ -57,6 +57,8 @@ def trainer(cluster: ServeCluster, store: Store, public_key: tuple[Path, bytes])
         "max_running_jobs": 1,
         "max_jobs_per_tenant": 2,
         "signing_key_file": str(public_key[0]),
+        # The whole loop's model answers :predict in its own application (one hop).
+        "one_hop": ["symbols"],
     }
     main = cluster.apps[MAIN_APP]
     cluster.deploy({MAIN_APP: main, APP: app})
@@ -312,6 +314,11 @@ def test_the_whole_loop_upload_train_serve_canary_promote_restart_and_roll_back(
     share = served.count(second) / len(served)
     print(f"canary share over 500 requests: {share:.3f}")
     assert 0.15 <= share <= 0.25, share
+    # One hop: the stable share ran in the model's own replica, which never loaded the canary; the
+    # canary's went on to the catalogue's StoreModels (which holds the stable version only if the
+    # catalogue's own routes, the listing above, asked for it).
+    assert call_deployment(APP, "symbols", "loads") == [f"symbols@{first}"]
+    assert f"symbols@{second}" in call_deployment(APP, "StoreModels", "loads")
     pinned = http.post(
         f"/v1/models/symbols/versions/{first}:predict", content=picture, headers={"Content-Type": "image/png"}
     )

@@ -265,13 +265,18 @@ OTHER_SHAPES: dict[str, Any] = {
                 "name": "secured",
                 "route_prefix": "/secured",
                 "import_path": topology.AUTHORED,
-                "args": {"models": [{"name": "painter", "model": "digits_dcgan"}, {"name": "digits_cnn"}]},
+                "args": {
+                    "models": [{"name": "painter", "model": "digits_dcgan"}, {"name": "digits_cnn"}],
+                    "training": {"enabled": True, "store": "/store", "one_hop": ["symbols", "marks"]},
+                },
                 "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}},
                 "external_scaler_enabled": False,
                 "logging_config": {"log_level": "DEBUG"},
                 "deployments": [
                     {"name": "RateLimiter", "num_replicas": 2},
                     {"name": "painter", "user_config": {"max_requests": 64}},
+                    {"name": "StoreModels", "num_replicas": 2},
+                    {"name": "symbols", "ray_actor_options": {"num_cpus": 0.5}},
                 ],
             },
             {"name": "echo", "route_prefix": "/echo", "import_path": "echo:app", "args": {"greeting": "hi"}},
@@ -288,6 +293,8 @@ def test_chart_expands_other_prefixes_registry_names_and_foreign_applications_li
         "secured": "/secured",
         "secured-painter": "/secured/v1/models/painter:generate",
         "secured-digits_cnn": "/secured/v1/models/digits_cnn:predict",
+        "secured-symbols": "/secured/v1/models/symbols:predict",
+        "secured-marks": "/secured/v1/models/marks:predict",
         "echo": "/echo",
     }
 

@@ -237,6 +237,40 @@ def test_expansion_refuses_a_deployment_entry_naming_no_model() -> None:
         topology.expand(_authored(deployments=[{"name": "Ingress"}, {"name": "digits_cnnn"}]))
 
 
+def test_a_one_hop_trained_model_gets_its_own_application_at_its_predict_path() -> None:
+    training = {"enabled": True, "store": "/store", "one_hop": ["symbols", "marks"]}
+    config = _authored("/api", [{"name": "symbols", "num_replicas": 2}], training=training)
+    catalogue, _, symbols, marks = topology.expand(config)["applications"]
+    assert catalogue["args"]["training"] == training  # the catalogue keeps the list: its StoreModels serves canaries
+    assert (symbols["name"], symbols["route_prefix"], symbols["import_path"]) == (
+        "vision-maas-symbols",
+        "/api/v1/models/symbols:predict",
+        topology.TRAINED,
+    )
+    assert symbols["args"]["training"] == training | {"one_hop": ["symbols"]}
+    assert symbols["args"]["application"] == "vision-maas"
+    assert symbols["deployments"] == [{"name": "symbols", "num_replicas": 2}]
+    assert marks["route_prefix"] == "/api/v1/models/marks:predict"
+    assert "deployments" not in marks
+    ServeDeploySchema.model_validate(topology.expand(config))
+    # With training off the list serves nothing, and names no deployment entry.
+    off = _authored(training=training | {"enabled": False})
+    assert [a["name"] for a in topology.expand(off)["applications"]] == ["vision-maas", "vision-maas-digits_cnn"]
+
+
+@pytest.mark.parametrize(
+    ("one_hop", "message"),
+    [
+        (["digits_cnn"], r"training.one_hop: \['digits_cnn'\] are configured models"),
+        (["Symbols"], "'Symbols' is not a model name"),
+        (["symbols", "symbols"], "listed twice"),
+    ],
+)
+def test_one_hop_names_trained_models_only_once_each(one_hop: list[str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AppArgs.model_validate({"models": [{"name": "digits_cnn"}], "training": {"enabled": True, "one_hop": one_hop}})
+
+
 def test_topology_command_prints_the_expanded_config_or_writes_it(tmp_path: Path) -> None:
     expected = topology.expand(yaml.safe_load(CONFIGS[-1].read_text()))
     printed = subprocess.run(

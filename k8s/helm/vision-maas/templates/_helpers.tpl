@@ -144,13 +144,14 @@ The Serve config the RayService runs (serveConfigV2): `.Values.serve` with every
 lists its models (import_path deployments.app:build_app) expanded as deployments/topology.py
 expands a config: the catalogue application (same name and route prefix, its Ingress and
 RateLimiter entries), then one application per model, `<app>-<model>`, whose route prefix is the
-exact path of the model's hot verb. The verb is the registry's: files/verbs.yaml, written by
+exact path of the model's hot verb, and with training on one per `training.one_hop` trained model
+(deployments.app:build_trained, at its `:predict`). The verb is the registry's: files/verbs.yaml, written by
 `make k8s`. Other applications pass through. A test holds this to deployments.topology.expand.
 */}}
 {{- define "vision-maas.serveConfig" -}}
 {{- $verbs := .Files.Get "files/verbs.yaml" | fromYaml -}}
 {{- $shared := list "runtime_env" "logging_config" "external_scaler_enabled" -}}
-{{- $catalogueDeployments := list "Ingress" "RateLimiter" -}}
+{{- $catalogueDeployments := list "Ingress" "RateLimiter" "StoreModels" "TrainingJobs" -}}
 {{- $apps := list -}}
 {{- range $app := .Values.serve.applications -}}
 {{- if ne $app.import_path "deployments.app:build_app" -}}
@@ -165,6 +166,10 @@ exact path of the model's hot verb. The verb is the registry's: files/verbs.yaml
 {{- range $d := default (list) $app.deployments }}{{ $_ := set $entries $d.name (deepCopy $d) }}{{ end -}}
 {{- $names := list -}}
 {{- range $m := $models }}{{ $names = append $names $m.name }}{{ end -}}
+{{- $training := default (dict) $args.training -}}
+{{- $trained := list -}}
+{{- if $training.enabled }}{{ $trained = default (list) $training.one_hop }}{{ end -}}
+{{- $names = concat $names $trained -}}
 {{- $unknown := list -}}
 {{- range $entry, $_ := $entries -}}
 {{- if not (or (has $entry $names) (has $entry $catalogueDeployments)) }}{{ $unknown = append $unknown $entry }}{{ end -}}
@@ -198,6 +203,15 @@ exact path of the model's hot verb. The verb is the registry's: files/verbs.yaml
 {{- $_ := set $one "args" (set $modelArgs "application" $name) -}}
 {{- range $key, $value := $common }}{{ $_ := set $one $key (deepCopy $value) }}{{ end -}}
 {{- if hasKey $entries $m.name }}{{ $_ := set $one "deployments" (list $entry) }}{{ end -}}
+{{- $apps = append $apps $one -}}
+{{- end -}}
+{{- range $t := $trained -}}
+{{- $route := printf "%s/v1/models/%s:predict" (regexReplaceAll "/+$" $prefix "") $t -}}
+{{- $one := dict "name" (printf "%s-%s" $name $t) "route_prefix" $route "import_path" "deployments.app:build_trained" -}}
+{{- $trainedArgs := set (deepCopy $args) "training" (set (deepCopy $training) "one_hop" (list $t)) -}}
+{{- $_ := set $one "args" (set $trainedArgs "application" $name) -}}
+{{- range $key, $value := $common }}{{ $_ := set $one $key (deepCopy $value) }}{{ end -}}
+{{- if hasKey $entries $t }}{{ $_ := set $one "deployments" (list (get $entries $t)) }}{{ end -}}
 {{- $apps = append $apps $one -}}
 {{- end -}}
 {{- end -}}
