@@ -172,6 +172,12 @@ class TrainingArgs(_Strict):
         None,
         description="PEM Ed25519 private key that signs trained versions (the deployment key, never the release key).",
     )
+    encryption_key_id: str | None = Field(
+        None,
+        description="When set, a trained version's weights are stored encrypted at rest (AES-256-GCM, "
+        "models/crypto.py) under this key of $VISION_MAAS_WEIGHTS_KEYS, as `model.safetensors.enc`; "
+        "the replicas that serve trained versions need the same variable. Unset: plain safetensors.",
+    )
     signing_key_env: str = Field(
         "VISION_MAAS_DEPLOY_SIGNING_KEY", description="Variable holding the PEM private key when no file is set."
     )

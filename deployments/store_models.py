@@ -25,7 +25,7 @@ from ray import serve
 from contract.answers import ExplainResponse, PredictResponse
 from contract.params import ExplainParams
 from deployments.args import ArtifactsArgs, AuthArgs, LimitsArgs, ModelArgs, TrainingArgs
-from deployments.errors import ModelNotFound
+from deployments.errors import ModelNotFound, Unavailable
 from deployments.gateway import Gateway, LocalHandle
 from deployments.image_model import ImageModel
 from deployments.rest.app import create_model_app
@@ -35,6 +35,7 @@ from deployments.signing import deployment_public_keys
 from deployments.store import Store
 from models import manifest
 from models.trained import trained_spec
+from models.weights import WeightsError
 
 logger = logging.getLogger("ray.serve")
 
@@ -68,7 +69,13 @@ class StoreModels:
             spec = trained_spec(directory, name, version)
             return ImageModel(ModelArgs(name=name), self._limits, ArtifactsArgs(), spec=spec)
 
-        model = await asyncio.to_thread(load)
+        try:
+            model = await asyncio.to_thread(load)
+        except WeightsError:
+            # Refused by its signature, its pin or its key (models/weights.py says which): the
+            # replica's log has why; the caller learns that the version cannot be served now.
+            logger.exception("%s: not loaded", key)
+            raise Unavailable(f"model {name!r} version {version!r} cannot be loaded; see the server's log") from None
         self._loads.append(key)
         return model
 

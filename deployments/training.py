@@ -292,13 +292,16 @@ def _create_if_absent(path: Path, data: Any) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-def publish_version(store: Store, job: TrainingJob, checkpoint_dir: Path, key: bytes) -> ModelVersion:
-    """Store the job's fine-tuned model as an immutable, signed version; return its record."""
+def publish_version(
+    store: Store, job: TrainingJob, checkpoint_dir: Path, key: bytes, encryption_key_id: str | None = None
+) -> ModelVersion:
+    """Store the job's fine-tuned model as an immutable, signed version (its weights encrypted at
+    rest under `encryption_key_id` of $VISION_MAAS_WEIGHTS_KEYS when given); return its record."""
     import torch
     from safetensors.torch import save_file
 
-    from models import manifest
-    from models.trained import VERSION_FILE, WEIGHTS_FILE
+    from models import crypto, manifest
+    from models.trained import ENCRYPTED_WEIGHTS_FILE, VERSION_FILE, WEIGHTS_FILE
     from models.weights import sha256_file
 
     state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)["model"]
@@ -324,6 +327,10 @@ def publish_version(store: Store, job: TrainingJob, checkpoint_dir: Path, key: b
             report=report,
         )
         write_json(staging / VERSION_FILE, record.model_dump(mode="json"))
+        if encryption_key_id is not None:
+            plain = staging / WEIGHTS_FILE
+            crypto.encrypt_file(plain, staging / ENCRYPTED_WEIGHTS_FILE, encryption_key_id, crypto.load_keys())
+            plain.unlink()
         manifest.write_manifest(staging)
         manifest.sign_manifest(staging, key)
         try:
@@ -518,7 +525,9 @@ class TrainingJobs:
             if result.checkpoint is None:
                 raise RuntimeError("training ended without a checkpoint")
             with result.checkpoint.as_directory() as directory:
-                record = await asyncio.to_thread(publish_version, self.store, self.jobs[job_id], Path(directory), key)
+                record = await asyncio.to_thread(
+                    publish_version, self.store, self.jobs[job_id], Path(directory), key, self.args.encryption_key_id
+                )
             self._finish(job_id, "succeeded", version=record.version, report=record.report)
         except Exception as exc:
             if run.cancelled:

@@ -47,12 +47,17 @@ class WeightsInfo:
     source: WeightsSource
     name: str
     sha256: str | None = None
+    # The version's own name where the file's hash is not it: a trained version encrypted at rest
+    # is named by its plain weights' hash (models/trained.py).
+    named: str | None = None
 
     @property
     def version(self) -> str:
         """A short version string that changes whenever the weights do."""
         if self.source == "random":
             return "random"
+        if self.named:
+            return self.named
         if self.sha256:
             return self.sha256[:12]
         return self.name

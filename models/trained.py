@@ -3,7 +3,8 @@ and the ModelSpec that serves one stored version like any other classifier.
 
 A version directory (deployments/store.py places it) holds:
 
-    model.safetensors    the fine-tuned module's state dict
+    model.safetensors    the fine-tuned module's state dict (model.safetensors.enc when the store
+                         encrypts weights at rest: models/crypto.py, training.encryption_key_id)
     version.json         contract.lifecycle.ModelVersion: base model, categories, report
     MANIFEST.json(.sig)  models/manifest.py: the weights' sha256, signed by the deployment key
 """
@@ -20,9 +21,10 @@ from contract.lifecycle import ModelVersion
 from models import manifest
 from models.classifiers import classification_outputs, classification_postprocess
 from models.registry import ModelSpec, Task, WeightsInfo, get_spec
-from models.weights import WeightsIntegrityError, load_state_dict_file
+from models.weights import ENCRYPTED_SUFFIX, WeightsIntegrityError, load_state_dict_file
 
 WEIGHTS_FILE = "model.safetensors"
+ENCRYPTED_WEIGHTS_FILE = WEIGHTS_FILE + ENCRYPTED_SUFFIX
 VERSION_FILE = "version.json"
 
 
@@ -86,34 +88,38 @@ def read_version(version_dir: Path) -> ModelVersion:
     return ModelVersion.model_validate_json((version_dir / VERSION_FILE).read_text())
 
 
-def weights_sha256(version_dir: Path) -> str:
-    """The sha256 the version's manifest lists for its weights (the signature is the caller's to check)."""
+def weights_file(version_dir: Path) -> tuple[str, str]:
+    """The version's weights file, plain or encrypted, and the sha256 its manifest lists for it
+    (the signature is the caller's to check)."""
     listed = manifest.parse_manifest((version_dir / manifest.MANIFEST_NAME).read_bytes(), version_dir)
-    try:
-        return listed[WEIGHTS_FILE]
-    except KeyError:
+    found = [name for name in (WEIGHTS_FILE, ENCRYPTED_WEIGHTS_FILE) if name in listed]
+    if len(found) != 1:
         raise WeightsIntegrityError(
-            f"{manifest.MANIFEST_NAME} of a trained version does not list {WEIGHTS_FILE}"
-        ) from None
+            f"{manifest.MANIFEST_NAME} of a trained version must list one of {WEIGHTS_FILE}, {ENCRYPTED_WEIGHTS_FILE}"
+        )
+    return found[0], listed[found[0]]
 
 
 def trained_spec(version_dir: Path, name: str, version: str) -> ModelSpec:
     """The spec serving stored `version` of trained model `name`: the base classifier's input,
     preprocessing and explanation layer, the version's categories and weights (pinned by its manifest)."""
     record = read_version(version_dir)
-    sha256 = weights_sha256(version_dir)
-    if sha256[:12] != version or record.version != version:
+    filename, sha256 = weights_file(version_dir)
+    # A version is named by its plain weights' hash: for an encrypted file (a fresh nonce each
+    # time) that is checked once decrypted, in build().
+    if record.version != version or (filename == WEIGHTS_FILE and sha256[:12] != version):
         raise WeightsIntegrityError(f"trained version {name}/{version}: its weights are version {sha256[:12]}")
     base = base_classifier(record.base_model)
     categories = tuple(record.categories)
-    weights_path = version_dir / WEIGHTS_FILE
+    weights_path = version_dir / filename
 
     def build() -> nn.Module:
         # The base's own builder gives the exact architecture it was fine-tuned from (builder
         # arguments included); its weights are then replaced whole, strictly.
         module, _ = transfer_model(base, len(categories))
         try:
-            module.load_state_dict(load_state_dict_file(weights_path, sha256), strict=True)
+            state = load_state_dict_file(weights_path, sha256, version if filename != WEIGHTS_FILE else None)
+            module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise WeightsIntegrityError(f"{name}/{version}: weights do not match {record.base_model}: {exc}") from exc
         return module.eval()
@@ -125,7 +131,7 @@ def trained_spec(version_dir: Path, name: str, version: str) -> ModelSpec:
         postprocess=classification_postprocess(categories),
         outputs=classification_outputs(len(categories)),
         categories=categories,
-        weights=WeightsInfo("file", f"{name}/{version}/{WEIGHTS_FILE}", sha256),
+        weights=WeightsInfo("file", f"{name}/{version}/{filename}", sha256, named=version),
         family="trained",
         description=f"fine-tuned from {record.base_model} on data set {record.dataset}",
         held_out=None,  # the base's held-out set has the base's classes; the version's report is its measure

@@ -80,11 +80,12 @@ def _read_weights_only(source: Path | bytes, name: str) -> StateDict:
     return state
 
 
-def load_state_dict_file(path: Path, sha256: str | None) -> StateDict:
+def load_state_dict_file(path: Path, sha256: str | None, plain_sha256_prefix: str | None = None) -> StateDict:
     """Load a state dict from safetensors or a weights-only torch file, checking its pin.
 
     `<name>.safetensors.enc` / `<name>.pt.enc` (models.crypto) are decrypted in memory with the
-    keys in $VISION_MAAS_WEIGHTS_KEYS; the pin is the sha256 of the encrypted file on disk.
+    keys in $VISION_MAAS_WEIGHTS_KEYS; the pin is the sha256 of the encrypted file on disk, and
+    `plain_sha256_prefix`, when given, the start of the decrypted bytes' (a trained version's name).
     """
     if not path.is_file():
         raise WeightsUnavailable(f"weight file {path.name} does not exist")
@@ -106,6 +107,8 @@ def load_state_dict_file(path: Path, sha256: str | None) -> StateDict:
         # Decrypted in memory only; the ciphertext is dropped before the tensors are built.
         source = crypto.decrypt_bytes(data, crypto.load_keys(), path.name)
         del data
+        if plain_sha256_prefix is not None and not hashlib.sha256(source).hexdigest().startswith(plain_sha256_prefix):
+            raise WeightsIntegrityError(f"weight file {path.name}: its decrypted weights are not {plain_sha256_prefix}")
     elif sha256 is not None:
         _check_pin(path.name, sha256_file(path), sha256)
     if fmt == ".safetensors":

@@ -3,11 +3,13 @@ back through trained_spec, the drawn data set, and what a failed job says."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,9 +18,10 @@ from PIL import Image
 from contract.lifecycle import CurvePoint, Rollout, TrainingJob, TrainingJobRequest
 from deployments.store import Store, read_json
 from deployments.training import REPORT_FILE, STATE_FILE, failure_message, publish_version
-from models import manifest
+from models import crypto, manifest
 from models.registry import Task, get_spec
 from models.trained import (
+    ENCRYPTED_WEIGHTS_FILE,
     VERSION_FILE,
     WEIGHTS_FILE,
     NotAClassifier,
@@ -129,7 +132,7 @@ def _checkpoint(tmp_path: Path, categories: list[str]) -> tuple[Path, torch.nn.M
     """A last-epoch checkpoint as a training worker writes it."""
     module, _ = transfer_model(base_classifier("digits_cnn"), len(categories))
     directory = tmp_path / "checkpoint"
-    directory.mkdir()
+    directory.mkdir(parents=True)
     torch.save({"model": module.state_dict(), "epoch": 1, "step": 3}, directory / STATE_FILE)
     report = finetune.evaluation_report([0, 1], [0, 1], categories, [], train_images=8, val_images=2)
     (directory / REPORT_FILE).write_text(report.model_dump_json())
@@ -175,6 +178,56 @@ def test_a_published_version_is_signed_immutable_and_served_by_trained_spec(tmp_
     assert spec.outputs[0].shape == (-1, 2)
 
 
+def test_a_version_encrypted_at_rest_has_the_plain_versions_name_and_serves_only_with_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    categories = ["circle", "cross"]
+    checkpoint, module = _checkpoint(tmp_path, categories)
+    request = TrainingJobRequest(name="shapes", base_model="digits_cnn", dataset="0123456789abcdef")
+    job = TrainingJob(id="job1", status="running", request=request, created=0.0)
+    private, public = manifest.generate_keypair()
+    monkeypatch.setenv(crypto.KEYS_ENV, crypto.format_key("k1", crypto.generate_key()))
+
+    plain = publish_version(Store.at(str(tmp_path / "plain")), job, checkpoint, private)
+    store = Store.at(str(tmp_path / "store"))
+    record = publish_version(store, job, checkpoint, private, encryption_key_id="k1")
+    assert record.version == plain.version  # named by the weights, not by their ciphertext
+    directory = store.version("shapes", record.version)
+    listed = manifest.verify_directory(directory, [public], require_signature=True)
+    assert sorted(listed) == [ENCRYPTED_WEIGHTS_FILE]
+    stored = (directory / ENCRYPTED_WEIGHTS_FILE).read_bytes()
+    assert stored.startswith(b"VMENC1")
+    assert (store.version("shapes", record.version) / WEIGHTS_FILE).exists() is False
+
+    spec = trained_spec(directory, "shapes", record.version)
+    assert spec.weights.sha256 == listed[ENCRYPTED_WEIGHTS_FILE]
+    assert spec.weights.version == record.version  # what answers name as model_version
+    x = torch.rand(2, *spec.input_shape)
+    assert torch.allclose(spec.build()(x), module(x))
+    # A replica without the key cannot read the version; with another key, neither.
+    monkeypatch.delenv(crypto.KEYS_ENV)
+    with pytest.raises(manifest.WeightsIntegrityError):
+        spec.build()
+    monkeypatch.setenv(crypto.KEYS_ENV, crypto.format_key("k1", crypto.generate_key()))
+    with pytest.raises(manifest.WeightsIntegrityError):
+        spec.build()
+    # Another version's weights, encrypted under the right key, in this version's place: refused.
+    monkeypatch.setenv(crypto.KEYS_ENV, crypto.format_key("k1", crypto.generate_key()))
+    record = publish_version(store, job, checkpoint, private, encryption_key_id="k1")
+    other, _ = _checkpoint(tmp_path / "again", categories)
+    swapped = publish_version(Store.at(str(tmp_path / "swap")), job, other, private, encryption_key_id="k1")
+    assert swapped.version != record.version
+    swapped_dir = Store.at(str(tmp_path / "swap")).version("shapes", swapped.version)
+    (directory / ENCRYPTED_WEIGHTS_FILE).write_bytes((swapped_dir / ENCRYPTED_WEIGHTS_FILE).read_bytes())
+    manifest.write_manifest(directory)
+    manifest.sign_manifest(directory, private)
+    with pytest.raises(manifest.WeightsIntegrityError, match="decrypted weights are not"):
+        trained_spec(directory, "shapes", record.version).build()
+    # An operator's key id the variable lacks: publishing fails, naming no key material.
+    with pytest.raises(crypto.KeyConfigError):
+        publish_version(Store.at(str(tmp_path / "other")), job, checkpoint, private, encryption_key_id="k9")
+
+
 def test_a_version_whose_weights_changed_is_refused(tmp_path: Path) -> None:
     store = Store.at(str(tmp_path / "store"))
     checkpoint, _ = _checkpoint(tmp_path, ["a", "b"])
@@ -200,3 +253,43 @@ def test_a_failed_job_says_what_failed_without_paths() -> None:
     assert "/srv" not in message
     assert "1.png" in message
     assert "\n" not in failure_message(ValueError("first line\nTraceback (most recent call last):"))
+
+
+def test_a_trained_models_own_replica_runs_its_stable_version_here_and_passes_on_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.args import LimitsArgs, TrainingArgs
+    from deployments.errors import Unavailable
+    from deployments.gateway import LocalHandle
+    from deployments.store_models import StoreModels, _StableHere
+
+    private, _ = manifest.generate_keypair()
+    key_file = tmp_path / "deploy.pem"
+    key_file.write_bytes(private)
+    training = TrainingArgs(enabled=True, store=str(tmp_path / "store"), signing_key_file=str(key_file))
+    store = Store.at(training.store)
+    request = TrainingJobRequest(name="shapes", base_model="digits_cnn", dataset="0123456789abcdef")
+    job = TrainingJob(id="job1", status="running", request=request, created=0.0)
+    stable = publish_version(store, job, _checkpoint(tmp_path / "a", ["x", "y"])[0], private)
+    monkeypatch.setenv(crypto.KEYS_ENV, crypto.format_key("k1", crypto.generate_key()))
+    locked = publish_version(store, job, _checkpoint(tmp_path / "b", ["x", "y"])[0], private, encryption_key_id="k1")
+
+    class Remote:
+        def options(self, *, multiplexed_model_id: str) -> str:
+            return f"remote {multiplexed_model_id}"
+
+    replica = StoreModels(training, LimitsArgs())
+    here = _StableHere(replica, "shapes", Remote())
+    assert isinstance(here.options(multiplexed_model_id=f"shapes@{stable.version}"), LocalHandle)
+    assert here.options(multiplexed_model_id=f"shapes@{locked.version}") == f"remote shapes@{locked.version}"
+
+    async def load(version: str) -> Any:
+        return await replica._load(f"shapes@{version}")
+
+    assert asyncio.run(load(stable.version)).card().name == "shapes"
+    assert asyncio.run(load(locked.version)).card().version == locked.version
+    # Without its key a version is refused with a 503 that names it, not an internal error.
+    monkeypatch.delenv(crypto.KEYS_ENV)
+    with pytest.raises(Unavailable, match=f"version '{locked.version}' cannot be loaded"):
+        asyncio.run(load(locked.version))
+    assert replica.loads() == [f"shapes@{stable.version}", f"shapes@{locked.version}"]
