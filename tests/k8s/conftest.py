@@ -40,7 +40,12 @@ def rayservice(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return service
 
 
-@pytest.fixture(scope="session", params=sorted(VALUE_SETS))
+@pytest.fixture(
+    scope="session",
+    # The defaults in `make test-fast`; every other value set (a render and a schema check each,
+    # about a second) in `make test`.
+    params=[name if name == "defaults" else pytest.param(name, marks=pytest.mark.slow) for name in sorted(VALUE_SETS)],
+)
 def value_set(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return request.param, VALUE_SETS[request.param]
 

@@ -271,6 +271,7 @@ def test_one_hop_names_trained_models_only_once_each(one_hop: list[str], message
         AppArgs.model_validate({"models": [{"name": "digits_cnn"}], "training": {"enabled": True, "one_hop": one_hop}})
 
 
+@pytest.mark.slow  # a new Python process importing torch: seconds
 def test_topology_command_prints_the_expanded_config_or_writes_it(tmp_path: Path) -> None:
     expected = topology.expand(yaml.safe_load(CONFIGS[-1].read_text()))
     printed = subprocess.run(

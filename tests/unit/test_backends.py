@@ -57,7 +57,11 @@ def _build(spec: ModelSpec) -> nn.Module:
     return spec.build().eval()
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(
+    scope="module",
+    # resnet18's cases take seconds each (ONNX export, int8 calibration): `make test` only.
+    params=[pytest.param(c, marks=pytest.mark.slow) if c == RANDOM_MODEL else c for c in sorted(CASES)],
+)
 def case(request: pytest.FixtureRequest) -> tuple[ModelSpec, nn.Module, list[torch.Tensor]]:
     """A model's spec, its eager module and its fixed inputs."""
     weights, make_inputs = CASES[request.param]

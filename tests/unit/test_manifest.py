@@ -375,6 +375,7 @@ def test_cli_verify_exits_with_the_usage_status_when_a_public_key_file_is_unusab
     assert "bad.pub is not a PEM public key" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a new Python process importing torch: seconds
 def test_manifest_module_refuses_an_added_file_naming_it_when_run_as_a_program(
     signed_dir: Path, tmp_path: Path, old_key: tuple[bytes, bytes]
 ) -> None:

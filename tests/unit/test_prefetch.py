@@ -115,6 +115,7 @@ def test_prefetch_prints_usage_when_asked_for_help(capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.startswith("usage: python -m models.prefetch")
 
 
+@pytest.mark.slow  # a new Python process importing torch: seconds
 def test_prefetch_module_exits_with_the_usage_status_when_run_without_arguments(offline: Path) -> None:
     env = {**os.environ, "TORCH_HOME": str(offline)}
     result = subprocess.run(

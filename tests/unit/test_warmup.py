@@ -49,9 +49,10 @@ def live_cap(built: Any) -> int:
         ("digits_denoiser", {}),
         ("photo_denoiser", {}),
         ("moving_digits_lstm", {}),
-        ("resnet18", {"weights": "random", "backend": "channels_last"}),
-        ("mobilenet_v3_small", {"weights": "random", "backend": "onnx"}),
-        ("mobilenet_v3_small", {"weights": "random", "backend": "int8"}),
+        # torchvision models and their backends: seconds each (ONNX export), so `make test` only.
+        pytest.param("resnet18", {"weights": "random", "backend": "channels_last"}, marks=pytest.mark.slow),
+        pytest.param("mobilenet_v3_small", {"weights": "random", "backend": "onnx"}, marks=pytest.mark.slow),
+        pytest.param("mobilenet_v3_small", {"weights": "random", "backend": "int8"}, marks=pytest.mark.slow),
     ],
 )
 def test_every_task_runs_its_forward_at_batch_1_and_at_its_cap_while_starting(
