@@ -54,6 +54,7 @@ from contract.lifecycle import (
 )
 from contract.tasks import Task
 from deployments.args import TrainingArgs
+from deployments.datasets import delete_dataset
 from deployments.errors import Conflict, InvalidParameters, NotFound, TooManyRequests
 from deployments.signing import SigningKeyMissing, signing_key
 from deployments.store import Store, read_json, write_json
@@ -420,6 +421,19 @@ class TrainingJobs:
         self.queue.append(job.id)
         self._pump()
         return self.jobs[job.id].model_dump(mode="json")
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a data set (404 when there is none), unless a queued or running job trains on it
+        (409). Here, not in the ingress: a submission's check of its data set and this run on one
+        event loop, so no job is queued on a data set being deleted."""
+        self._start()
+        using = sorted(j.id for j in self.jobs.values() if j.request.dataset == dataset_id and j.status not in FINISHED)
+        if using:
+            raise Conflict(
+                f"data set {dataset_id!r} is used by queued or running jobs {', '.join(using)}; "
+                "cancel them or wait for them to end"
+            )
+        delete_dataset(self.store, dataset_id)
 
     async def list_jobs(self) -> list[dict[str, Any]]:
         """Every job, oldest first."""

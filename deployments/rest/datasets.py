@@ -14,6 +14,7 @@ from deployments import datasets, inputs, openapi
 from deployments.args import DatasetLimits
 from deployments.gateway import Gateway
 from deployments.rest.common import CREDENTIAL
+from deployments.rest.training import call_jobs
 from deployments.store import Store
 from models.images import ImageLimits
 
@@ -132,13 +133,17 @@ def router(gateway: Gateway, store: Store, limits: DatasetLimits) -> APIRouter:
         "/v1/datasets/{dataset_id}",
         status_code=204,
         response_class=Response,
-        responses={**openapi.errors(401, 403, 404, 422, 429), 204: {"description": "Deleted"}},
+        responses={**openapi.errors(401, 403, 404, 409, 422, 429, 503), 204: {"description": "Deleted"}},
         summary="Delete a data set",
     )
     async def delete_dataset(dataset_id: str = _DATASET_ID, key: str | None = CREDENTIAL) -> Response:
-        """Its images and record are removed; versions trained from it keep their weights and reports."""
+        """Its images and record are removed; versions trained from it keep their weights and reports.
+        409 while a queued or running training job uses it."""
         _, headers = await gateway.authorize_admin(key)
-        await asyncio.to_thread(datasets.delete_dataset, store, dataset_id)
+        if gateway.training_jobs is None:  # no job can use it: nothing runs jobs here
+            await asyncio.to_thread(datasets.delete_dataset, store, dataset_id)
+        else:
+            await call_jobs(gateway.training_jobs.delete_dataset.remote(dataset_id))
         return Response(status_code=204, headers=headers)
 
     return api

@@ -60,7 +60,7 @@ def _json(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"application/json": {"example": example}}}}
 
 
-async def _call(response: Any) -> Any:
+async def call_jobs(response: Any) -> Any:
     """Await a call to the TrainingJobs replica, its failures mapped to the API's errors."""
 
     async def wait() -> Any:
@@ -118,7 +118,7 @@ def router(gateway: Gateway, jobs: DeploymentHandle[Any] | None) -> APIRouter:
         429: the tenant has `max_jobs_per_tenant` jobs queued or running."""
         tenant, headers = await gateway.authorize_admin(key)
         body = await inputs.json_body(request, gateway.limits, TrainingJobRequest)
-        job = await _call(service().submit.remote(body.model_dump(mode="json"), tenant.name if tenant else None))
+        job = await call_jobs(service().submit.remote(body.model_dump(mode="json"), tenant.name if tenant else None))
         location = str(request.url_for("get_job", job_id=job["id"]))
         return JSONResponse(job, status_code=202, headers=headers | {"Location": location})
 
@@ -131,7 +131,7 @@ def router(gateway: Gateway, jobs: DeploymentHandle[Any] | None) -> APIRouter:
     async def list_jobs(key: str | None = CREDENTIAL) -> Response:
         """Queued, running and finished jobs with their progress and, when done, their report."""
         _, headers = await gateway.authorize_admin(key)
-        return JSONResponse({"jobs": await _call(service().list_jobs.remote())}, headers=headers)
+        return JSONResponse({"jobs": await call_jobs(service().list_jobs.remote())}, headers=headers)
 
     @api.get(
         "/v1/training/jobs/{job_id}",
@@ -142,7 +142,7 @@ def router(gateway: Gateway, jobs: DeploymentHandle[Any] | None) -> APIRouter:
     async def get_job(job_id: str, key: str | None = CREDENTIAL) -> Response:
         """Progress: epoch, optimizer steps so far, loss, validation accuracy, elapsed and remaining seconds."""
         _, headers = await gateway.authorize_admin(key)
-        return JSONResponse(await _call(service().get.remote(job_id)), headers=headers)
+        return JSONResponse(await call_jobs(service().get.remote(job_id)), headers=headers)
 
     @api.delete(
         "/v1/training/jobs/{job_id}",
@@ -156,7 +156,7 @@ def router(gateway: Gateway, jobs: DeploymentHandle[Any] | None) -> APIRouter:
     async def cancel_job(job_id: str, key: str | None = CREDENTIAL) -> Response:
         """The job, cancelled: its workers stop at their next check and nothing is published. 409 when it has finished."""
         _, headers = await gateway.authorize_admin(key)
-        return JSONResponse(await _call(service().cancel.remote(job_id)), headers=headers)
+        return JSONResponse(await call_jobs(service().cancel.remote(job_id)), headers=headers)
 
     @api.get(
         "/v1/training/jobs/{job_id}/events",
@@ -174,7 +174,7 @@ def router(gateway: Gateway, jobs: DeploymentHandle[Any] | None) -> APIRouter:
     async def job_events(job_id: str, key: str | None = CREDENTIAL) -> Response:
         """The stream ends after the `done` event; an unknown job is 404 before it starts."""
         _, headers = await gateway.authorize_admin(key)
-        await _call(service().get.remote(job_id))
+        await call_jobs(service().get.remote(job_id))
         stream: DeploymentResponseGenerator[Any] = service().options(stream=True).events.remote(job_id)  # type: ignore[assignment]
 
         async def body() -> AsyncIterator[str]:

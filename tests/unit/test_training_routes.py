@@ -86,3 +86,38 @@ def test_the_routes_are_mounted_only_when_training_is_on_and_answer_503_without_
             return await client.get(JOBS)
 
     assert error(asyncio.run(send())) == (503, "unavailable")
+
+
+def test_a_data_set_in_use_by_a_queued_job_is_not_deleted_until_the_job_ends(tmp_path: Path) -> None:
+    from contract.lifecycle import TrainingJob, TrainingJobRequest
+    from deployments.store import Store, write_json
+    from models.training import shapes
+
+    training = TrainingArgs(enabled=True, store=str(tmp_path / "store"))
+    store = Store.at(training.store)
+    store.datasets.mkdir(parents=True, exist_ok=True)
+    dataset = shapes.write_dataset(store.datasets, shapes.draw_set(3, seed=0)).id
+    request = TrainingJobRequest(name="shapes", base_model="digits_cnn", dataset=dataset)
+    store.jobs.mkdir(parents=True, exist_ok=True)
+    write_json(
+        store.job("j1"), TrainingJob(id="j1", status="queued", request=request, created=0.0).model_dump(mode="json")
+    )
+    service = TrainingJobs.func_or_class(training, ["digits_cnn"])  # type: ignore[attr-defined]
+    service._started = True  # the job stays queued: nothing here runs Ray Train
+    gateway = Gateway({}, {}, LimitsArgs(), AuthArgs(enabled=False), None, training, training_jobs=LocalHandle(service))
+    app = create_app(gateway, lifecycle_routers(gateway))
+
+    def send(method: str, path: str) -> httpx.Response:
+        async def go() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingress") as client:
+                return await client.request(method, path)
+
+        return asyncio.run(go())
+
+    refused = send("DELETE", f"/v1/datasets/{dataset}")
+    assert error(refused) == (409, "conflict")
+    assert "j1" in refused.json()["error"]["message"]
+    assert send("GET", f"/v1/datasets/{dataset}").status_code == 200  # nothing removed
+    assert send("DELETE", f"{JOBS}/j1").json()["status"] == "cancelled"
+    assert send("DELETE", f"/v1/datasets/{dataset}").status_code == 204
+    assert error(send("DELETE", f"/v1/datasets/{dataset}")) == (404, "not_found")
