@@ -34,7 +34,7 @@ from deployments.schemas import ModelCard
 from deployments.signing import deployment_public_keys
 from deployments.store import Store
 from models import manifest
-from models.trained import trained_spec
+from models.trained import VERSION_FILE, trained_spec
 from models.weights import WeightsError
 
 logger = logging.getLogger("ray.serve")
@@ -65,6 +65,8 @@ class StoreModels:
         def load() -> ImageModel:
             # Before any byte of the weights is read: a changed, added or unsigned file is refused.
             listed = manifest.verify_directory(directory, self._keys, require_signature=True)
+            if VERSION_FILE not in listed:  # its record (categories, base model) must be signed as its weights are
+                raise manifest.ManifestError(f"{key}: {manifest.MANIFEST_NAME} does not list {VERSION_FILE}")
             logger.info("%s: %d files verified against the deployment key's manifest", key, len(listed))
             spec = trained_spec(directory, name, version)
             return ImageModel(ModelArgs(name=name), self._limits, ArtifactsArgs(), spec=spec)

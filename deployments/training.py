@@ -332,7 +332,7 @@ def publish_version(
             plain = staging / WEIGHTS_FILE
             crypto.encrypt_file(plain, staging / ENCRYPTED_WEIGHTS_FILE, encryption_key_id, crypto.load_keys())
             plain.unlink()
-        manifest.write_manifest(staging)
+        manifest.write_manifest(staging, also=[VERSION_FILE])  # its categories and base model are signed too
         manifest.sign_manifest(staging, key)
         try:
             staging.rename(final)  # whole, at once; never over an existing version

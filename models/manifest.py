@@ -130,8 +130,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def write_manifest(directory: Path) -> Path:
-    """Hash every weight file under `directory` into its MANIFEST.json; return the manifest's path.
+def write_manifest(directory: Path, also: Sequence[str] = ()) -> Path:
+    """Hash every weight file under `directory`, and the files named in `also` (a trained version's
+    record, whose categories label its outputs), into its MANIFEST.json; return the manifest's path.
+    Every listed file is checked by verify_directory.
 
     An existing signature is left alone: if the manifest changed, it no longer verifies.
     """
@@ -139,6 +141,7 @@ def write_manifest(directory: Path) -> Path:
     names = weight_files(directory)
     if not names:
         raise ManifestError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) under {directory}; nothing to list")
+    names = sorted(set(names) | set(also))
     path = directory / MANIFEST_NAME
     _write_atomically(path, _canonical_manifest({name: sha256_file(directory / name) for name in names}))
     return path

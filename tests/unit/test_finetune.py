@@ -155,7 +155,9 @@ def test_a_published_version_is_signed_immutable_and_served_by_trained_spec(tmp_
         WEIGHTS_FILE,
         VERSION_FILE,
     ]
-    assert record.version == manifest.verify_directory(directory, [public], require_signature=True)[WEIGHTS_FILE][:12]
+    listed = manifest.verify_directory(directory, [public], require_signature=True)
+    assert sorted(listed) == [WEIGHTS_FILE, VERSION_FILE]  # the record's categories are signed too
+    assert record.version == listed[WEIGHTS_FILE][:12]
     assert (record.state, record.percent, record.categories, record.job) == ("inactive", 0, categories, "job1")
     assert Rollout.model_validate(read_json(store.rollout("shapes"))) == Rollout(name="shapes", stable=record.version)
 
@@ -194,7 +196,7 @@ def test_a_version_encrypted_at_rest_has_the_plain_versions_name_and_serves_only
     assert record.version == plain.version  # named by the weights, not by their ciphertext
     directory = store.version("shapes", record.version)
     listed = manifest.verify_directory(directory, [public], require_signature=True)
-    assert sorted(listed) == [ENCRYPTED_WEIGHTS_FILE]
+    assert sorted(listed) == [ENCRYPTED_WEIGHTS_FILE, VERSION_FILE]
     stored = (directory / ENCRYPTED_WEIGHTS_FILE).read_bytes()
     assert stored.startswith(b"VMENC1")
     assert (store.version("shapes", record.version) / WEIGHTS_FILE).exists() is False
@@ -293,3 +295,8 @@ def test_a_trained_models_own_replica_runs_its_stable_version_here_and_passes_on
     with pytest.raises(Unavailable, match=f"version '{locked.version}' cannot be loaded"):
         asyncio.run(load(locked.version))
     assert replica.loads() == [f"shapes@{stable.version}", f"shapes@{locked.version}"]
+    # A relabelled record (its categories swapped) no longer matches the signed manifest: 503.
+    record_file = store.version("shapes", stable.version) / "version.json"
+    record_file.write_text(record_file.read_text().replace('"x"', '"z"'))
+    with pytest.raises(Unavailable, match=f"version '{stable.version}' cannot be loaded"):
+        asyncio.run(load(stable.version))
