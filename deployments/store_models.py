@@ -34,7 +34,7 @@ from deployments.schemas import ModelCard
 from deployments.signing import deployment_public_keys
 from deployments.store import Store
 from models import manifest
-from models.trained import VERSION_FILE, trained_spec
+from models.trained import trained_spec
 from models.weights import WeightsError
 
 logger = logging.getLogger("ray.serve")
@@ -65,8 +65,6 @@ class StoreModels:
         def load() -> ImageModel:
             # Before any byte of the weights is read: a changed, added or unsigned file is refused.
             listed = manifest.verify_directory(directory, self._keys, require_signature=True)
-            if VERSION_FILE not in listed:  # its record (categories, base model) must be signed as its weights are
-                raise manifest.ManifestError(f"{key}: {manifest.MANIFEST_NAME} does not list {VERSION_FILE}")
             logger.info("%s: %d files verified against the deployment key's manifest", key, len(listed))
             spec = trained_spec(directory, name, version)
             return ImageModel(ModelArgs(name=name), self._limits, ArtifactsArgs(), spec=spec)
@@ -133,10 +131,11 @@ class _StableHere:
 
     def __init__(self, replica: StoreModels, name: str, remote: Any) -> None:
         self._replica, self._name, self._remote = replica, name, remote
-        self._rollouts = RolloutCache(replica._store)
+        # The gateway's own (TrainedModel sets it): one read of the rollout per request, not two.
+        self.rollouts: RolloutCache | None = None
 
     def options(self, *, multiplexed_model_id: str) -> Any:
-        rollout = self._rollouts.get(self._name)
+        rollout = None if self.rollouts is None else self.rollouts.get(self._name)
         if (
             rollout is not None
             and rollout.stable is not None
@@ -152,7 +151,7 @@ class TrainedModel(StoreModels):
     def __init__(self, training: TrainingArgs, limits: LimitsArgs, auth: AuthArgs, application: str) -> None:
         super().__init__(training, limits)
         (self._name,) = training.one_hop
-        self._training, self._served_limits, self._auth = training, limits, auth
+        self._training, self._auth = training, auth
         # The catalogue application: its StoreModels serves the other versions, its RateLimiter
         # counts this model's requests with the rest of the tenant's.
         self._application = application
@@ -162,10 +161,10 @@ class TrainedModel(StoreModels):
         limiter = None
         if self._auth.enabled:
             limiter = serve.get_deployment_handle("RateLimiter", app_name=self._application)
-        remote = serve.get_deployment_handle("StoreModels", app_name=self._application)
-        gateway = Gateway(
-            {}, {}, self._served_limits, self._auth, limiter, self._training, _StableHere(self, self._name, remote)
-        )
+        here = _StableHere(self, self._name, serve.get_deployment_handle("StoreModels", app_name=self._application))
+        gateway = Gateway({}, {}, self._limits, self._auth, limiter, self._training, here)
+        if gateway.trained is not None:
+            here.rollouts = gateway.trained.rollouts
         return create_model_app(gateway, "predict", model=self._name)
 
 

@@ -90,8 +90,11 @@ def read_version(version_dir: Path) -> ModelVersion:
 
 def weights_file(version_dir: Path) -> tuple[str, str]:
     """The version's weights file, plain or encrypted, and the sha256 its manifest lists for it
-    (the signature is the caller's to check)."""
+    (the signature is the caller's to check). The manifest must list the version's record too: its
+    categories and base model are signed as its weights are."""
     listed = manifest.parse_manifest((version_dir / manifest.MANIFEST_NAME).read_bytes(), version_dir)
+    if VERSION_FILE not in listed:
+        raise WeightsIntegrityError(f"{manifest.MANIFEST_NAME} of a trained version does not list {VERSION_FILE}")
     found = [name for name in (WEIGHTS_FILE, ENCRYPTED_WEIGHTS_FILE) if name in listed]
     if len(found) != 1:
         raise WeightsIntegrityError(

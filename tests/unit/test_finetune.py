@@ -221,7 +221,7 @@ def test_a_version_encrypted_at_rest_has_the_plain_versions_name_and_serves_only
     assert swapped.version != record.version
     swapped_dir = Store.at(str(tmp_path / "swap")).version("shapes", swapped.version)
     (directory / ENCRYPTED_WEIGHTS_FILE).write_bytes((swapped_dir / ENCRYPTED_WEIGHTS_FILE).read_bytes())
-    manifest.write_manifest(directory)
+    manifest.write_manifest(directory, also=[VERSION_FILE])  # re-signed as publish_version signs
     manifest.sign_manifest(directory, private)
     with pytest.raises(manifest.WeightsIntegrityError, match="decrypted weights are not"):
         trained_spec(directory, "shapes", record.version).build()
@@ -263,6 +263,7 @@ def test_a_trained_models_own_replica_runs_its_stable_version_here_and_passes_on
     from deployments.args import LimitsArgs, TrainingArgs
     from deployments.errors import Unavailable
     from deployments.gateway import LocalHandle
+    from deployments.rollouts import RolloutCache
     from deployments.store_models import StoreModels, _StableHere
 
     private, _ = manifest.generate_keypair()
@@ -282,6 +283,7 @@ def test_a_trained_models_own_replica_runs_its_stable_version_here_and_passes_on
 
     replica = StoreModels(training, LimitsArgs())
     here = _StableHere(replica, "shapes", Remote())
+    here.rollouts = RolloutCache(store)  # as the gateway's, which TrainedModel hands it
     assert isinstance(here.options(multiplexed_model_id=f"shapes@{stable.version}"), LocalHandle)
     assert here.options(multiplexed_model_id=f"shapes@{locked.version}") == f"remote shapes@{locked.version}"
 
