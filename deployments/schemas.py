@@ -145,7 +145,7 @@ class AnnotateResponse(BaseModel):
                     "features": [
                         {
                             "model": "digits_detector",
-                            "model_version": "4f22bc8f5559",
+                            "model_version": "cfd32de63868",
                             "result": {
                                 "detections": [{"label": "3", "index": 3, "score": 0.97, "box": [4.0, 6.0, 30.0, 34.0]}]
                             },

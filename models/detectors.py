@@ -27,6 +27,7 @@ from contract.params import DetectionParams
 from models import heldout
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, _load_strict, make_preprocess, resolve_weights_choice
+from models.images import ink_map
 from models.registry import Affine, Item, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
 
 # torchvision's detectors resize to at most 1333 px themselves; a larger input only costs memory.
@@ -233,13 +234,12 @@ def torchvision_detector(key: str) -> Callable[[str, str | None, str | None], Mo
 SCENE_SIDE = 128  # the model sees every image fitted into a 128x128 canvas (models.training.scenes)
 STRIDE = 4  # input pixels per output cell side
 DIGIT_CATEGORIES = tuple(str(d) for d in range(10))
-MIN_CONTRAST = 0.2  # ink peaks below this are treated as faint, not stretched into noise
 TOP_K = 100
 CLASSES_PER_PEAK = 3
 MIN_SCORE = 0.01
 DIGITS_WEIGHTS_FILE = "digits_detector.safetensors"
 # Pinned by models/training/train_digits_detector.py; tests check pin, file and report agree.
-DIGITS_WEIGHTS_SHA256 = "4f22bc8f555981f7755b3105f70244a9eaa2ebde1578e1e443dff45803d36cf9"
+DIGITS_WEIGHTS_SHA256 = "cfd32de6386871f64b074703a8eb31b9660abd068c43dd4d9040727a25bc57c3"
 
 
 def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -255,6 +255,8 @@ class DigitsDetector(nn.Module):
     log box width and height in cells, and the centre's offset within its cell. One class-agnostic
     heatmap plus a softmax over classes learns faster than CenterNet's heatmap per class.
     """
+
+    centre_calibration: torch.Tensor
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -274,6 +276,13 @@ class DigitsDetector(nn.Module):
         if self.head.bias is not None:
             # The heatmap starts near a 10% prior, as in CenterNet, so the focal loss starts stable.
             nn.init.constant_(self.head.bias[:1], -2.19)
+        # Platt scaling of the centre logit, fitted after training on validation scenes
+        # (models/training/train_digits_detector.py): a peak's centre score is then the chance
+        # that a digit is there, so a detection's score (centre times class probability) is the
+        # chance it is right, and the default threshold of 0.5 keeps what is more likely right
+        # than wrong. CenterNet's Gaussian targets leave the raw peaks well under that. (1, 0):
+        # the raw logit, as while training.
+        self.register_buffer("centre_calibration", torch.tensor([1.0, 0.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self.stage1(self.pool(x))
@@ -282,26 +291,35 @@ class DigitsDetector(nn.Module):
         p2 = self.merge2(F.interpolate(s3, scale_factor=2.0, mode="nearest") + self.lateral2(s2))
         p1 = self.merge1(F.interpolate(self.reduce2(p2), scale_factor=2.0, mode="nearest") + self.lateral1(s1))
         out: torch.Tensor = self.head(p1)
-        return out
+        scale, shift = self.centre_calibration
+        return torch.cat([out[:, :1] * scale + shift, out[:, 1:]], dim=1)
+
+
+def centre_peaks(heads: torch.Tensor, num_classes: int = 10, top_k: int = TOP_K) -> tuple[torch.Tensor, ...]:
+    """Each image's `top_k` heatmap peaks (3x3 local maxima): centre score, cell, the cell's
+    other heads, and the box in input pixels; shapes (B, K), (B, K), (B, C, K), (B, K, 4)."""
+    centre = heads[:, :1].sigmoid()
+    peaks = centre * (F.max_pool2d(centre, 3, stride=1, padding=1) == centre)
+    width = centre.shape[3]
+    peak_scores, cell = peaks.flatten(1).topk(min(top_k, centre.shape[2] * width), dim=1)  # (B, K)
+    picked = heads[:, 1:].flatten(2).gather(2, cell.unsqueeze(1).expand(-1, heads.shape[1] - 1, -1))
+    sizes = picked[:, num_classes : num_classes + 2].clamp(-3.0, 4.0).exp() * STRIDE
+    cx = ((cell % width).float() + picked[:, num_classes + 2]) * STRIDE
+    cy = ((cell // width).float() + picked[:, num_classes + 3]) * STRIDE
+    boxes = torch.stack([cx - sizes[:, 0] / 2, cy - sizes[:, 1] / 2, cx + sizes[:, 0] / 2, cy + sizes[:, 1] / 2], -1)
+    return peak_scores, cell, picked, boxes
 
 
 def decode_centres(heads: torch.Tensor, num_classes: int = 10, top_k: int = TOP_K) -> list[Detection]:
-    """Heatmap peaks (3x3 local maxima) as boxes in input pixels, each with its likeliest classes.
+    """Heatmap peaks as boxes in input pixels, each with its likeliest classes.
 
     A peak's score for a class is its centre score times the class probability; every peak is
     reported with its CLASSES_PER_PEAK likeliest classes (a second guess keeps recall when the
     first is wrong), and each image keeps its `top_k` best (peak, class) pairs.
     """
-    centre = heads[:, :1].sigmoid()
-    peaks = centre * (F.max_pool2d(centre, 3, stride=1, padding=1) == centre)
-    batch, _, height, width = centre.shape
-    peak_scores, cell = peaks.flatten(1).topk(min(top_k, height * width), dim=1)  # (B, K)
-    picked = heads[:, 1:].flatten(2).gather(2, cell.unsqueeze(1).expand(-1, heads.shape[1] - 1, -1))
+    peak_scores, _, picked, boxes = centre_peaks(heads, num_classes, top_k)
+    batch = heads.shape[0]
     probs, classes = picked[:, :num_classes].softmax(dim=1).topk(CLASSES_PER_PEAK, dim=1)  # (B, G, K)
-    sizes = picked[:, num_classes : num_classes + 2].clamp(-3.0, 4.0).exp() * STRIDE
-    cx = ((cell % width).float() + picked[:, num_classes + 2]) * STRIDE
-    cy = ((cell // width).float() + picked[:, num_classes + 3]) * STRIDE
-    boxes = torch.stack([cx - sizes[:, 0] / 2, cy - sizes[:, 1] / 2, cx + sizes[:, 0] / 2, cy + sizes[:, 1] / 2], -1)
     pairs = (peak_scores.unsqueeze(1) * probs).flatten(1)  # (B, G*K): every (class guess, peak)
     scores, order = pairs.topk(min(top_k, pairs.shape[1]), dim=1)
     labels = classes.flatten(1).gather(1, order)
@@ -332,20 +350,13 @@ scene_geometry = _scale_geometry(_scene_size)
 
 
 def scene_preprocess(img: Image.Image) -> torch.Tensor:
-    """Any picture -> 1x128x128 ink map: fitted (longer side 128) at the top left, zero padded.
-
-    Ink is the contrast against the paper (the median of the border): dark ink on light paper
-    and light chalk on a dark board give the same map; it is scaled so the strongest ink is 1.
-    """
+    """Any picture -> 1x128x128 ink map (`models.images.ink_map`): fitted (longer side 128) at the
+    top left, zero padded."""
     grey = img.convert("L")
     size = _scene_size(grey.width, grey.height)
     if size != grey.size:
         grey = grey.resize(size, Image.Resampling.BILINEAR)
-    pixels = np.asarray(grey, dtype=np.float32) / 255.0
-    paper = float(np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])))
-    polarity = 1.0 if paper >= 0.5 else -1.0  # ink is darker than light paper, lighter than a dark board
-    ink = np.clip(polarity * (paper - pixels), 0.0, None)
-    ink /= max(float(ink.max()), MIN_CONTRAST)
+    ink = ink_map(np.asarray(grey, dtype=np.float32) / 255.0)
     canvas = torch.zeros(1, SCENE_SIDE, SCENE_SIDE)
     canvas[0, : size[1], : size[0]] = torch.from_numpy(ink)
     return canvas

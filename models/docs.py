@@ -160,14 +160,26 @@ def held_out(report: dict[str, Any], items: str) -> str:
     raise ValueError(f"{report['model']}: no held-out figure models/docs.py knows how to state")
 
 
+def _varied(report: dict[str, Any], key: str, form: str) -> str:
+    """The figure on as many varied ones (any canvas, size, polarity, noise), where the run watched them."""
+    return f"; {form.format(report[key])} on as many varied ones" if key in report else ""
+
+
 def validation(report: dict[str, Any], items: str) -> str:
     """The figure training was watched on (a split of the training data), or '-' where there is none."""
     if "validation_map50" in report:
-        return f"mAP@0.5 {report['validation_map50']:.3f} on {report['validation_scenes']} {items}"
+        return f"mAP@0.5 {report['validation_map50']:.3f} on {report['validation_scenes']} {items}" + _varied(
+            report, "varied_validation_map50", "{:.3f}"
+        )
     if "validation_mean_iou" in report:
-        return f"mean IoU {report['validation_mean_iou']:.3f} on {_count(report['validation'])} {items}"
+        return f"mean IoU {report['validation_mean_iou']:.3f} on {_count(report['validation'])} {items}" + _varied(
+            report, "varied_validation_mean_iou", "{:.3f}"
+        )
     if "validation_accuracy_raw" in report:
-        return f"accuracy {report['validation_accuracy_raw']:.2%} on {report['validation_clips']} {items} (raw frames)"
+        return (
+            f"accuracy {report['validation_accuracy_raw']:.2%} on {report['validation_clips']} {items} (raw frames)"
+            + _varied(report, "varied_validation_accuracy_raw", "{:.2%}")
+        )
     if "validation_accuracy" in report:
         return f"accuracy {report['validation_accuracy']:.2%} on {report['split']['sizes']['validation']} {items}"
     figures = report.get("validation")

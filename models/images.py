@@ -289,3 +289,20 @@ def png_base64(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+MIN_CONTRAST = 0.2  # ink peaks below this are treated as faint, not stretched into noise
+
+
+def ink_map(pixels: np.ndarray) -> np.ndarray:
+    """Greyscale pixels in [0, 1] -> ink in [0, 1]: the contrast against the paper, either polarity.
+
+    The paper is the median of the border: ink is darker than light paper and lighter than a
+    dark board, so both give the same map; it is scaled so the strongest ink is 1 (ink fainter
+    than MIN_CONTRAST is scaled as if it were that strong).
+    """
+    paper = float(np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])))
+    polarity = 1.0 if paper >= 0.5 else -1.0
+    ink = np.clip(polarity * (paper - pixels), 0.0, None)
+    ink /= max(float(ink.max()), MIN_CONTRAST)
+    return ink

@@ -20,7 +20,7 @@ from contract.params import SegmentationParams
 from models import heldout
 from models import weights as wsrc
 from models.classifiers import WeightsChoice, build_torchvision, make_preprocess, resolve_weights_choice
-from models.images import png_base64
+from models.images import ink_map, png_base64
 from models.registry import Item, ModelSpec, Postprocess, Task, TensorSpec, WeightsInfo, register
 
 MASK_FORMAT = "png;mode=L;value=class_index"
@@ -30,7 +30,7 @@ DIGITS_INPUT_SIZE = 128
 DIGITS_CATEGORIES = ("background", *(str(d) for d in range(10)))
 DIGITS_WEIGHTS_FILE = "digits_segmenter.safetensors"
 # Pinned by models/training/train_digits_segmenter.py; tests check pin, file and report agree.
-DIGITS_WEIGHTS_SHA256 = "50c83e3bce78084de006ca719a89c2db8657f995a69e5d6905b247ee8c0b35b5"
+DIGITS_WEIGHTS_SHA256 = "a0f53f634f87e59eb2322f5fbac50f45a6c02b0dad4c6d53378b1b6ee420c301"
 
 
 def segmentation_forward(module: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -192,16 +192,15 @@ class DigitsUNet(nn.Module):
 
 
 def digit_scene_tensor(img: Image.Image) -> torch.Tensor:
-    """Greyscale picture -> 1x128x128 float tensor in [0, 1], dark ink on light paper.
+    """Any picture -> 1x128x128 float tensor in [0, 1], dark ink on white paper.
 
-    Used for training and serving alike; light ink on dark paper (a dark median border) is inverted.
+    Used for training and serving alike: the picture is resized to 128x128 and taken as ink
+    against its paper (`models.images.ink_map`), so light ink on a dark board, grey paper and
+    faint ink all give the same input.
     """
     resized = img.convert("L").resize((DIGITS_INPUT_SIZE, DIGITS_INPUT_SIZE), Image.Resampling.BILINEAR)
-    arr = np.asarray(resized, dtype=np.float32) / 255.0
-    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    if float(np.median(border)) < 0.5:
-        arr = 1.0 - arr
-    return torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(0)
+    ink = ink_map(np.asarray(resized, dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.ascontiguousarray(1.0 - ink, dtype=np.float32)).unsqueeze(0)
 
 
 def _build_digits(load: bool) -> nn.Module:

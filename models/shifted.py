@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision.ops import box_iou
 
+from contract.params import DetectionParams
 from contract.tasks import Task
 from models import metrics
 from models.docs import SHIFTED
@@ -49,7 +50,8 @@ FLOORS: dict[str, dict[str, float]] = {
     "digits_dcgan": {"recognition_rate": 0.95},
     "moving_digits_lstm": {"accuracy": 0.9},
 }
-DEFAULT_SCORE_THRESHOLD = 0.5  # contract.params.DetectionParams' default: what a user gets unasked
+# What a user gets unasked: the API's default score threshold.
+DEFAULT_SCORE_THRESHOLD: float = DetectionParams.model_fields["score_threshold"].default
 DENOISE_SIGMA = 0.3  # models.denoisers.NOISE_SIGMA: the noise digits_denoiser is for
 
 

@@ -25,6 +25,10 @@ MIN_SPEED, MAX_SPEED = 1.0, 3.0  # pixels per frame along the direction of trave
 # The digit's centre stays this far inside the canvas, so at least half of it is always in view.
 MARGIN = 1.0
 TRAIN_SEED, TEST_SEED, VALIDATION_SEED = 21, 22, 23  # "fit" clips use TRAIN_SEED
+VARIED_SEED = 24  # varied training clips (`varied_clips`), plus the training run's own seed
+VARIED_LENGTH = (8, 32)  # frames
+VARIED_SPEED = (0.3, 6.0)  # px per frame
+VARIED_NOISE = 0.15
 
 
 def direction_vector(direction: int) -> tuple[float, float]:
@@ -79,18 +83,53 @@ def make_clip(
     return frames
 
 
-def make_clips(split: SceneSplit, count: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` clips (N, T, H, W) uint8 balanced over directions, their directions and their digits.
-
-    `split` picks the digits (as `scenes.split_digits`); the seed defaults to the split's own.
-    """
+def _draws(
+    split: SceneSplit, count: int, seed: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+    """Digits of `split`, `count` directions balanced over the 8, the digits picked, and the stream."""
     images, labels = split_digits(split)
     default_seed = {"train": TRAIN_SEED, "fit": TRAIN_SEED, "validation": VALIDATION_SEED, "test": TEST_SEED}[split]
     rng = np.random.default_rng(seed if seed is not None else default_seed)
     directions = rng.permutation(np.arange(count) % len(DIRECTIONS))
     picks = rng.integers(0, len(images), size=count)
-    clips = np.stack([make_clip(images[i], int(d), rng) for i, d in zip(picks, directions, strict=True)])
-    return clips, directions.astype(np.int64), labels[picks].astype(np.int64)
+    return images[picks], directions.astype(np.int64), labels[picks].astype(np.int64), rng
+
+
+def make_clips(split: SceneSplit, count: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` clips (N, T, H, W) uint8 balanced over directions, their directions and their digits.
+
+    `split` picks the digits (as `scenes.split_digits`); the seed defaults to the split's own.
+    """
+    images, directions, labels, rng = _draws(split, count, seed)
+    clips = np.stack([make_clip(image, int(d), rng) for image, d in zip(images, directions, strict=True)])
+    return clips, directions, labels
+
+
+def varied_clips(split: SceneSplit, count: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """`count` clips as users send them, and their directions: VARIED_LENGTH frames at VARIED_SPEED
+    px per frame, on canvases of 48 to 128 px with digits of a third to a half of 48 px scaled
+    alike, noise up to VARIED_NOISE. Training data (models/shifted.py measures the same ranges)."""
+    images, directions, _, rng = _draws(split, count, seed)
+    clips = []
+    for image, direction in zip(images, directions, strict=True):
+        canvas = int(rng.choice([CANVAS, CANVAS, 96, 128]))
+        scale = canvas / CANVAS if rng.random() < 0.5 else 1.0  # bigger canvases: digits scaled too, or not
+        length = int(rng.integers(VARIED_LENGTH[0], VARIED_LENGTH[1] + 1))
+        # Log-uniform, so slow drifts are as common as fast moves; never farther than the canvas allows.
+        pace = min(float(np.exp(rng.uniform(*np.log(VARIED_SPEED)))), (canvas - 2 * MARGIN - 1) / (length - 1))
+        clips.append(
+            make_clip(
+                image,
+                int(direction),
+                rng,
+                canvas=canvas,
+                length=length,
+                glyph=(round(MIN_GLYPH * scale), round(MAX_GLYPH * scale)),
+                speed=(pace, pace),
+                noise=(0.0, VARIED_NOISE),
+            )
+        )
+    return clips, directions
 
 
 def clip_frames(clip: np.ndarray) -> list[Image.Image]:

@@ -21,6 +21,7 @@ from models.training.data import digits_split, digits_validation_split
 
 SCENE_SIZE = 128
 MIN_GLYPH, MAX_GLYPH = 20, 44
+MAX_FITTED_GLYPH = 64  # the largest digit of a varied scene once fitted into SCENE_SIZE
 INK_THRESHOLD = 0.35  # fraction of a glyph's peak ink that counts as the digit (mask and box)
 TRAIN_SEED, TEST_SEED, VALIDATION_SEED = 1, 2, 5  # "fit" scenes use TRAIN_SEED
 VARIED_SEED = 3  # varied training scenes (`varied_scenes`), plus the training run's own seed
@@ -216,8 +217,9 @@ def varied_scene(images8: np.ndarray, labels: np.ndarray, rng: np.random.Generat
     size = round(float(np.exp(rng.uniform(np.log(64), np.log(512)))))
     scale = size / SCENE_SIZE
     low = float(rng.uniform(10, 40))
-    high = min(64.0, low * float(rng.uniform(1.2, 2.5)))
-    glyph = (max(8, round(low * scale)), min(size, max(round(low * scale) + 1, round(high * scale))))
+    high = min(float(MAX_FITTED_GLYPH), low * float(rng.uniform(1.2, 2.5)))
+    smallest = max(8, round(low * scale))  # no digit under 8 px: the 8x8 originals carry no less
+    glyph = (smallest, min(size, max(smallest + 1, round(high * scale))))
     layout = layout_scene(
         images8,
         labels,

@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 from torchvision.models import WeightsEnum
+from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from contract.answers import DetectionPrediction
@@ -381,3 +382,46 @@ def test_digits_detector_pin_file_and_training_report_agree() -> None:
     assert report["held_out_map50"] >= 0.9
     assert set(report["held_out_ap50_per_class"]) == set(detectors.DIGIT_CATEGORIES)
     assert report["train_seconds"] > 0
+
+
+def test_digits_detector_scores_are_calibrated_so_the_default_threshold_keeps_what_is_likely_right(
+    served: tuple[ModelSpec, nn.Module], held_out_scenes: list[Scene]
+) -> None:
+    # The bundled weights carry the Platt scaling fitted on validation scenes (the report says which).
+    module = served[1]
+    report = json.loads((BUNDLED_DIR / "digits_detector.json").read_text())
+    calibration = module.get_buffer("centre_calibration").tolist()
+    assert calibration == pytest.approx(
+        [report["centre_calibration"]["scale"], report["centre_calibration"]["shift"]], abs=1e-4
+    )
+    # Held-out detections above the default threshold are right about as often as they claim:
+    # the mean score of the kept detections is within 0.05 of the share that match a digit.
+    scenes = held_out_scenes[:150]
+    results = _detect(served, [s.image for s in scenes])  # the default threshold, as a user asks
+    kept = right = 0
+    scores: list[float] = []
+    for result, scene in zip(results, scenes, strict=True):
+        truth = torch.as_tensor(scene.boxes)
+        used = np.zeros(len(scene.labels), dtype=bool)
+        for found in result["detections"]:
+            kept += 1
+            scores.append(found["score"])
+            ious = box_iou(torch.tensor([found["box"]], dtype=torch.float32), truth)[0].numpy()
+            hits = (ious >= 0.5) & (scene.labels == found["index"]) & ~used
+            if hits.any():
+                used[int(np.argmax(np.where(hits, ious, -1)))] = True
+                right += 1
+    assert kept >= sum(len(s.labels) for s in scenes) * 0.95  # recall at the default threshold
+    assert right / kept == pytest.approx(float(np.mean(scores)), abs=0.05)
+
+
+def test_calibration_rescales_the_centre_logit_only() -> None:
+    torch.manual_seed(0)
+    module = detectors.DigitsDetector().eval()
+    x = torch.rand(2, 1, 128, 128)
+    with torch.inference_mode():
+        raw = module(x)
+        module.centre_calibration.copy_(torch.tensor([3.0, 1.5]))
+        calibrated = module(x)
+    torch.testing.assert_close(calibrated[:, :1], raw[:, :1] * 3.0 + 1.5)
+    torch.testing.assert_close(calibrated[:, 1:], raw[:, 1:])

@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 
 from models.images import (
+    MIN_CONTRAST,
     CorruptImage,
     ImageLimits,
     ImageTooLarge,
     UnsupportedImageFormat,
     decode_image,
+    ink_map,
     sniff_format,
 )
 from tests.conftest import encode
@@ -94,3 +96,18 @@ def test_other_modes_convert_to_rgb(mode: str) -> None:
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     img = decode_image(encode(_rgb().convert(mode), fmt), "RGB")
     assert img.mode == "RGB"
+
+
+def test_ink_map_is_the_same_for_either_polarity_any_paper_and_faint_ink() -> None:
+    rng = np.random.default_rng(0)
+    strokes = np.zeros((32, 32), dtype=np.float32)
+    strokes[8:24, 14:18] = rng.uniform(0.5, 1.0, (16, 4))
+    strokes /= strokes.max()
+    dark_on_white = 1.0 - 0.8 * strokes
+    expected = ink_map(dark_on_white)
+    np.testing.assert_allclose(expected, strokes, atol=1e-6)  # the strongest ink is 1
+    np.testing.assert_allclose(ink_map(1.0 - dark_on_white), expected, atol=1e-6)  # chalk on a board
+    np.testing.assert_allclose(ink_map(0.7 - 0.3 * strokes), expected, atol=1e-5)  # grey paper, fainter ink
+    # Ink fainter than MIN_CONTRAST is not stretched into full strength (it may be noise).
+    faint = ink_map(0.9 - 0.5 * MIN_CONTRAST * strokes)
+    assert float(faint.max()) == pytest.approx(0.5, abs=1e-5)

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from contract.params import ClassificationParams
 from models import video
 from models.registry import Item, ModelSpec, Task, get_entry, get_spec, list_models
-from models.training.moving_digits import DIRECTIONS, make_clips
+from models.training.moving_digits import DIRECTIONS, VARIED_LENGTH, make_clips, varied_clips
 from models.training.train_moving_digits_lstm import HELD_OUT_CLIPS, classify_encoded
 from models.video_io import decode_clip, encode_clip
 from models.weights import BUNDLED_DIR, WeightsError, WeightsUnavailable, sha256_file
@@ -193,3 +193,15 @@ def test_moving_digits_weights_pin_file_and_training_report_agree() -> None:
     assert actual == video.WEIGHTS_SHA256 == report["sha256"]
     assert report["held_out_accuracy"] >= 0.95
     assert (BUNDLED_DIR / video.WEIGHTS_FILE).stat().st_size < 1_000_000
+
+
+def test_varied_clips_are_seeded_balanced_and_span_their_lengths_and_canvases() -> None:
+    clips, directions = varied_clips("fit", 64, seed=3)
+    again, _ = varied_clips("fit", 64, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(clips, again, strict=True))
+    assert np.bincount(directions, minlength=len(DIRECTIONS)).tolist() == [8] * len(DIRECTIONS)
+    lengths = {len(c) for c in clips}
+    assert VARIED_LENGTH[0] <= min(lengths) < max(lengths) <= VARIED_LENGTH[1]
+    assert len(lengths) > 5
+    assert {c.shape[1] for c in clips} == {48, 96, 128}
+    assert all(c.shape[1] == c.shape[2] and c.dtype == np.uint8 for c in clips)
