@@ -296,8 +296,8 @@ class DigitsDetector(nn.Module):
 
 
 def centre_peaks(heads: torch.Tensor, num_classes: int = 10, top_k: int = TOP_K) -> tuple[torch.Tensor, ...]:
-    """Each image's `top_k` heatmap peaks (3x3 local maxima): centre score, cell, the cell's
-    other heads, and the box in input pixels; shapes (B, K), (B, K), (B, C, K), (B, K, 4)."""
+    """Each image's `top_k` heatmap peaks (3x3 local maxima): centre score, the peak cell's other
+    heads, and the box in input pixels; shapes (B, K), (B, C, K), (B, K, 4)."""
     centre = heads[:, :1].sigmoid()
     peaks = centre * (F.max_pool2d(centre, 3, stride=1, padding=1) == centre)
     width = centre.shape[3]
@@ -307,7 +307,7 @@ def centre_peaks(heads: torch.Tensor, num_classes: int = 10, top_k: int = TOP_K)
     cx = ((cell % width).float() + picked[:, num_classes + 2]) * STRIDE
     cy = ((cell // width).float() + picked[:, num_classes + 3]) * STRIDE
     boxes = torch.stack([cx - sizes[:, 0] / 2, cy - sizes[:, 1] / 2, cx + sizes[:, 0] / 2, cy + sizes[:, 1] / 2], -1)
-    return peak_scores, cell, picked, boxes
+    return peak_scores, picked, boxes
 
 
 def decode_centres(heads: torch.Tensor, num_classes: int = 10, top_k: int = TOP_K) -> list[Detection]:
@@ -317,7 +317,7 @@ def decode_centres(heads: torch.Tensor, num_classes: int = 10, top_k: int = TOP_
     reported with its CLASSES_PER_PEAK likeliest classes (a second guess keeps recall when the
     first is wrong), and each image keeps its `top_k` best (peak, class) pairs.
     """
-    peak_scores, _, picked, boxes = centre_peaks(heads, num_classes, top_k)
+    peak_scores, picked, boxes = centre_peaks(heads, num_classes, top_k)
     batch = heads.shape[0]
     probs, classes = picked[:, :num_classes].softmax(dim=1).topk(CLASSES_PER_PEAK, dim=1)  # (B, G, K)
     pairs = (peak_scores.unsqueeze(1) * probs).flatten(1)  # (B, G*K): every (class guess, peak)

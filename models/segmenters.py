@@ -52,6 +52,12 @@ def segmentation_outputs(input_size: tuple[int, int]) -> tuple[TensorSpec, ...]:
     return (TensorSpec("mask", "UINT8", (-1, *input_size)),)
 
 
+def class_mask(class_map: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """A class-index map (uint8 HxW) as a mode "L" picture of `size` (width, height)."""
+    # NEAREST: a class index must never be blended into another class's index.
+    return Image.fromarray(class_map.numpy(), "L").resize(size, Image.Resampling.NEAREST)
+
+
 def segment_result(
     class_map: torch.Tensor, item: Item[SegmentationParams], categories: Sequence[str]
 ) -> SegmentationPrediction:
@@ -59,8 +65,7 @@ def segment_result(
     min_fraction = item.params.min_fraction
     height, width = class_map.shape
     size = item.size or (width, height)
-    # NEAREST: a class index must never be blended into another class's index.
-    mask = Image.fromarray(class_map.numpy(), "L").resize(size, Image.Resampling.NEAREST)
+    mask = class_mask(class_map, size)
     counts = np.bincount(np.asarray(mask).ravel(), minlength=len(categories))
     fractions = counts / (size[0] * size[1])
     present = [i for i in np.flatnonzero(counts).tolist() if fractions[i] >= min_fraction]

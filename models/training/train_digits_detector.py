@@ -100,6 +100,12 @@ def _targets(boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return heat, classes, cells, regress
 
 
+def canvas_boxes(image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+    """Boxes in `image`'s pixels -> in the model's 128x128 canvas (scene_geometry, inverted)."""
+    a, _, c, _, e, f = scene_geometry(image.width, image.height)
+    return (boxes - np.array([c, f, c, f], dtype=np.float32)) / np.array([a, e, a, e], dtype=np.float32)
+
+
 def build_dataset(
     scenes: Sequence[Scene], embed_fraction: float, seed: int, varied: Sequence[Scene] = ()
 ) -> tuple[torch.Tensor, ...]:
@@ -109,9 +115,7 @@ def build_dataset(
     placed = [(s.image, s.boxes) if rng.random() >= embed_fraction else _embed(s, rng) for s in scenes]
     placed += [(s.image, s.boxes) for s in varied]
     for scene, (image, boxes) in zip([*scenes, *varied], placed, strict=True):
-        a, _, c, _, e, f = scene_geometry(image.width, image.height)
-        canvas_boxes = (boxes - np.array([c, f, c, f], dtype=np.float32)) / np.array([a, e, a, e], dtype=np.float32)
-        targets = _targets(canvas_boxes, scene.labels)
+        targets = _targets(canvas_boxes(image, boxes), scene.labels)
         for column, value in zip(columns, (scene_preprocess(image), *map(torch.from_numpy, targets)), strict=True):
             column.append(value)
     return tuple(torch.stack(column) for column in columns)
@@ -176,10 +180,9 @@ def fit_calibration(model: DigitsDetector, scenes: Sequence[Scene]) -> tuple[flo
     with torch.inference_mode():
         for start in range(0, len(scenes), 64):
             chunk = scenes[start : start + 64]
-            scores, _, _, boxes = centre_peaks(model(torch.stack([scene_preprocess(s.image) for s in chunk])))
+            scores, _, boxes = centre_peaks(model(torch.stack([scene_preprocess(s.image) for s in chunk])))
             for scene, row_scores, row_boxes in zip(chunk, scores, boxes, strict=True):
-                a, _, c, _, e, f = scene_geometry(scene.image.width, scene.image.height)
-                truth = (scene.boxes - np.array([c, f, c, f], dtype=np.float32)) / np.array([a, e, a, e], np.float32)
+                truth = canvas_boxes(scene.image, scene.boxes)
                 keep = row_scores >= MIN_SCORE  # sorted by score: the order matching takes
                 ious = box_iou(row_boxes[keep], torch.from_numpy(truth)).numpy().reshape(int(keep.sum()), len(truth))
                 matched = np.zeros(len(truth), dtype=bool)

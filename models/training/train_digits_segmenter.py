@@ -26,6 +26,7 @@ from models.segmenters import (
     DIGITS_INPUT_SIZE,
     DIGITS_WEIGHTS_FILE,
     DigitsUNet,
+    class_mask,
     digit_scene_tensor,
     segmentation_forward,
 )
@@ -97,9 +98,8 @@ def evaluate(model: nn.Module, scenes: list[Scene]) -> tuple[float, np.ndarray]:
             chunk = scenes[i : i + 50]
             maps = segmentation_forward(model, [digit_scene_tensor(s.image) for s in chunk])
             for scene, class_map in zip(chunk, maps, strict=True):
-                # At the picture's own size, as the served answer (models.segmenters.segment_result).
-                mask = Image.fromarray(class_map.numpy(), "L").resize(scene.image.size, Image.Resampling.NEAREST)
-                confusion += segmentation_confusion(scene.mask, np.asarray(mask), len(DIGITS_CATEGORIES))
+                mask = np.asarray(class_mask(class_map, scene.image.size))  # as served: at the picture's size
+                confusion += segmentation_confusion(scene.mask, mask, len(DIGITS_CATEGORIES))
     return mean_iou(confusion)
 
 
