@@ -24,9 +24,9 @@ from torch import nn
 from models import dcgan, digits
 from models.images import decode_image
 from models.metrics import classification_report
-from models.registry import Item, get_spec
+from models.registry import Item
 from models.training.data import SPLIT_SEED, TEST_FRACTION, augment_digit, digits_split
-from models.weights import BUNDLED_DIR, sha256_file
+from models.weights import BUNDLED_DIR, load_state_dict_file, sha256_file
 
 # The recognition check: EVAL_PER_DIGIT images of each digit, digit d drawn with seed EVAL_SEED + d.
 EVAL_PER_DIGIT = 50
@@ -65,6 +65,14 @@ def refresh_batchnorm(model: nn.Module, batches: int, batch_size: int, seed: int
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = 0.1
     model.eval()
+
+
+def reading_classifier(directory: Path) -> tuple[nn.Module, str]:
+    """digits_cnn as trained into `directory` (`make train` trains it first) and its sha256, pinned by its report."""
+    pin = json.loads((directory / "digits_cnn.json").read_text())["sha256"]
+    classifier = digits.DigitsCNN()
+    classifier.load_state_dict(load_state_dict_file(directory / digits.WEIGHTS_FILE, pin), strict=True)
+    return classifier.eval(), pin
 
 
 def recognition(model: nn.Module, classifier: nn.Module) -> tuple[float, dict[str, object]]:
@@ -112,7 +120,7 @@ def main() -> None:
     opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce, ce = nn.functional.binary_cross_entropy_with_logits, nn.functional.cross_entropy
     generator = torch.Generator().manual_seed(args.seed)
-    classifier = get_spec("digits_cnn").build()
+    classifier, reader_sha256 = reading_classifier(args.out)
     b = args.batch_size
     ones, zeros = torch.ones(b), torch.zeros(b)
     order = torch.randperm(len(xs), generator=generator)
@@ -164,12 +172,12 @@ def main() -> None:
         "recognition_rate": round(rate, 4),
         "recognition": {
             "method": (
-                "digits_cnn (bundled) reads each generated PNG through its own preprocess; "
+                "digits_cnn (the weights trained beside it, reader_sha256) reads each generated PNG through its own preprocess; "
                 "share recognised as the requested digit"
             ),
             "per_digit": EVAL_PER_DIGIT,
             "seeds": f"digit d uses seed {EVAL_SEED} + d",
-            "reader_sha256": digits.WEIGHTS_SHA256,
+            "reader_sha256": reader_sha256,
             **report_dict,
         },
         # The progress check reads generated digits, not held-out ones: nothing here measures the test split.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from models import dcgan
+from models import dcgan, digits
 from models.images import decode_image
 from models.registry import ModelSpec, Task, get_spec
-from models.weights import BUNDLED_DIR, sha256_file
+from models.training.train_digits_dcgan import reading_classifier
+from models.weights import BUNDLED_DIR, WeightsIntegrityError, sha256_file
 from tests.answers import answers
 
 Served = tuple[ModelSpec, torch.nn.Module]
@@ -192,3 +195,19 @@ def test_weights_pin_file_and_training_report_agree() -> None:
     actual = sha256_file(BUNDLED_DIR / dcgan.WEIGHTS_FILE)
     assert actual == dcgan.WEIGHTS_SHA256 == report["sha256"]
     assert (BUNDLED_DIR / dcgan.WEIGHTS_FILE).stat().st_size < 5_000_000
+
+
+def test_training_reads_generated_digits_with_the_digits_cnn_trained_beside_it(tmp_path: Path) -> None:
+    """`make train` retrains digits_cnn first; the GAN's reader is that file, pinned by its report, not the code's pin."""
+    shutil.copy(BUNDLED_DIR / digits.WEIGHTS_FILE, tmp_path / digits.WEIGHTS_FILE)
+    report = json.loads((BUNDLED_DIR / "digits_cnn.json").read_text())
+    (tmp_path / "digits_cnn.json").write_text(json.dumps(report))
+    classifier, pin = reading_classifier(tmp_path)
+    assert pin == sha256_file(tmp_path / digits.WEIGHTS_FILE)
+    reference = get_spec("digits_cnn").build()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(classifier.state_dict()[name], tensor)
+
+    (tmp_path / "digits_cnn.json").write_text(json.dumps({**report, "sha256": "0" * 64}))
+    with pytest.raises(WeightsIntegrityError):
+        reading_classifier(tmp_path)
