@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -171,10 +172,15 @@ def _build_random() -> nn.Module:
     return DigitsCNN().eval()
 
 
-def _build() -> nn.Module:
+def load(path: Path, sha256: str) -> nn.Module:
+    """DigitsCNN with the weights in `path`, pinned by `sha256`, in eval mode."""
     model = DigitsCNN()
-    model.load_state_dict(wsrc.load_bundled(WEIGHTS_FILE, WEIGHTS_SHA256), strict=True)
+    model.load_state_dict(wsrc.load_state_dict_file(path, sha256), strict=True)
     return model.eval()
+
+
+def _build() -> nn.Module:
+    return load(wsrc.BUNDLED_DIR / WEIGHTS_FILE, WEIGHTS_SHA256)
 
 
 def _factory(name: str, weights: str | None, sha256: str | None) -> ModelSpec:

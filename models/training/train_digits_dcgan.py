@@ -26,7 +26,7 @@ from models.images import decode_image
 from models.metrics import classification_report
 from models.registry import Item
 from models.training.data import SPLIT_SEED, TEST_FRACTION, augment_digit, digits_split
-from models.weights import BUNDLED_DIR, load_state_dict_file, sha256_file
+from models.weights import BUNDLED_DIR, sha256_file
 
 # The recognition check: EVAL_PER_DIGIT images of each digit, digit d drawn with seed EVAL_SEED + d.
 EVAL_PER_DIGIT = 50
@@ -70,9 +70,7 @@ def refresh_batchnorm(model: nn.Module, batches: int, batch_size: int, seed: int
 def reading_classifier(directory: Path) -> tuple[nn.Module, str]:
     """digits_cnn as trained into `directory` (`make train` trains it first) and its sha256, pinned by its report."""
     pin = json.loads((directory / "digits_cnn.json").read_text())["sha256"]
-    classifier = digits.DigitsCNN()
-    classifier.load_state_dict(load_state_dict_file(directory / digits.WEIGHTS_FILE, pin), strict=True)
-    return classifier.eval(), pin
+    return digits.load(directory / digits.WEIGHTS_FILE, pin), pin
 
 
 def recognition(model: nn.Module, classifier: nn.Module) -> tuple[float, dict[str, object]]:
