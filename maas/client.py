@@ -136,6 +136,11 @@ class ApiError(Exception):
         headers = dict(response.headers.items())
         return cls(status, code, message, headers, parse_retry_after(response.headers.get("retry-after")))
 
+    @property
+    def from_proxy(self) -> bool:
+        """Whether something in front of the server answered (no error code of this API's)."""
+        return self.code == f"http_{self.status}"
+
     def __str__(self) -> str:
         return f"HTTP {self.status} {self.code}: {self.message}"
 
@@ -168,7 +173,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When to send a request again: on 429/503 and connection failures, with capped full-jitter backoff."""
+    """When to send a request again: on 429/503, connection failures and a proxy's 500/502/504 page,
+    with capped full-jitter backoff."""
 
     max_attempts: int = 5
     backoff_base: float = 0.2
@@ -177,6 +183,11 @@ class RetryPolicy:
     # None: only max_attempts bounds a call; else no attempt starts, and no sleep ends, past it.
     timeout_total: float | None = None
     retry_statuses: frozenset[int] = frozenset({429, 503})
+    # A proxy's own error page with one of these (not this API's error, which carries its code): the
+    # request was lost before the server answered, as when a replica dies mid-request and Serve's
+    # HAProxy turns the dropped connection into a plain 500. Sent again, like a dropped connection;
+    # the API's own 500 (code "internal") is not.
+    proxy_statuses: frozenset[int] = frozenset({500, 502, 504})
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
     async_sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, compare=False, repr=False)
@@ -238,7 +249,8 @@ class _Attempts:
 
     def after_status(self, error: ApiError) -> float | None:
         """The wait before retrying after an error status; None: raise it."""
-        if error.status not in self._policy.retry_statuses:
+        lost = error.from_proxy and error.status in self._policy.proxy_statuses
+        if error.status not in self._policy.retry_statuses and not lost:
             return None
         return self._next(error.retry_after)
 

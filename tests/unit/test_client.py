@@ -49,11 +49,13 @@ RATE_HEADERS = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9", "X-Rate
 
 @dataclass(frozen=True)
 class Reply:
-    """A scripted answer: an error status (v1 or v2 error body) with its headers."""
+    """A scripted answer: an error status (v1 or v2 error body) with its headers; with `proxy`, the
+    plain-text page a proxy in front of the server answers instead (Serve's HAProxy's 500.http)."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     code: str = "scripted"
+    proxy: bool = False
 
 
 @dataclass
@@ -116,6 +118,8 @@ class FakeApi:
         script = self.scripts.get(model)
         if script:
             reply = script.pop(0)
+            if reply.proxy:
+                return Response("Internal Server Error", reply.status, reply.headers, media_type="text/plain")
             return _error(request, reply.status, reply.code, f"scripted {reply.status}", reply.headers)
         return None
 
@@ -564,7 +568,7 @@ def test_backoff_is_used_when_a_retryable_status_has_no_retry_after(
 def test_error_goes_straight_to_the_caller_when_its_status_is_not_retryable(
     api: FakeApi, connect: Connect, sleeps: Sleeps, status: int
 ) -> None:
-    """Only 429 and 503 are retried: every other error is raised after one request."""
+    """Of the API's own errors only 429 and 503 are retried: every other is raised after one request."""
     model = api.script("broken", Reply(status, {"Retry-After": "1"}, "scripted_code"))
     with pytest.raises(ApiError) as caught:
         connect().predict(model, [PNG])
@@ -575,6 +579,26 @@ def test_error_goes_straight_to_the_caller_when_its_status_is_not_retryable(
     )
     assert api.hits(model) == 1
     assert sleeps.delays == []
+
+
+def test_proxy_error_page_is_retried_as_a_lost_request_when_a_replica_died_mid_request(
+    api: FakeApi, connect: Connect, sleeps: Sleeps
+) -> None:
+    """A proxy's plain 500/502/504 page (no error code of the API's) is sent again; the API's own 500 is not."""
+    model = api.script("lost", Reply(500, proxy=True), Reply(502, proxy=True), Reply(504, proxy=True))
+    assert connect().predict(model, [PNG])["predictions"]
+    assert api.hits(model) == 4
+    assert len(sleeps.delays) == 3
+
+    ours = api.script("ours", Reply(500, code="internal"))
+    with pytest.raises(ApiError) as caught:
+        connect().predict(ours, [PNG])
+    assert (caught.value.code, caught.value.from_proxy, api.hits(ours)) == ("internal", False, 1)
+
+    refused = api.script("refused", Reply(501, proxy=True))
+    with pytest.raises(ApiError) as caught:
+        connect().predict(refused, [PNG])
+    assert (caught.value.code, caught.value.from_proxy, api.hits(refused)) == ("http_501", True, 1)
 
 
 def test_wrong_key_is_refused_once_and_never_shown_when_unauthorized(
