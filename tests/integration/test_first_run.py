@@ -112,7 +112,26 @@ class FirstRun:
         self.record()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGINT)
-        return self.proc.wait(timeout_s)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"Ctrl-C did not stop the run within {timeout_s:.0f}s; {self.sigint_states()}\n{self.output()}"
+            ) from None
+
+    def sigint_states(self) -> str:
+        """How the run's own processes (the announcer, `serve run`) stand towards SIGINT now."""
+        states = []
+        with contextlib.suppress(psutil.Error):
+            top = psutil.Process(self.proc.pid)
+            for proc in [top, *top.children()]:
+                status = dict(
+                    line.split(":\t", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                )
+                # Bit 1 of each mask is SIGINT: blocked, ignored, caught by a handler.
+                flags = {name: int(status[name].strip(), 16) >> 1 & 1 for name in ("SigBlk", "SigIgn", "SigCgt")}
+                states.append(f"{proc.pid} {' '.join(proc.cmdline()[:3])} ({proc.status()}) SIGINT {flags}")
+        return "; ".join(states)
 
     def alive(self, grace_s: float = 30.0) -> list[str]:
         """The recorded processes still running after `grace_s`."""
