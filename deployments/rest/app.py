@@ -104,6 +104,13 @@ async def _serving_error(request: Request, exc: Exception) -> Response:
     return _error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A route's bug: the API's JSON 500 `internal`, whose code tells a client it is this API's answer
+    and not a proxy's page for a lost request (which it may send again). Starlette still raises the
+    exception afterwards, for the server's log."""
+    return _error_response(request, 500, ServingError.code, "internal error")
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -171,6 +178,7 @@ def _errors_and_observation(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
 
 
 def lifecycle_routers(gateway: Gateway) -> list[APIRouter]:

@@ -77,18 +77,21 @@ def send(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
     return asyncio.run(go())
 
 
-def model_app(
-    model: Model, prefix: str = "", auth: AuthArgs | None = None, limits: LimitsArgs | None = None
-) -> tuple[Any, str]:
-    gateway = Gateway(
+def gateway_of(model: Model, auth: AuthArgs | None = None, limits: LimitsArgs | None = None) -> Gateway:
+    return Gateway(
         {"digits_cnn": LocalHandle(model)},
         {"digits_cnn": card("digits_cnn", "classification")},
         limits or LimitsArgs(),
         auth or AuthArgs(enabled=False),
         None,
     )
+
+
+def model_app(
+    model: Model, prefix: str = "", auth: AuthArgs | None = None, limits: LimitsArgs | None = None
+) -> tuple[Any, str]:
     path = hot_route(prefix or "/", "digits_cnn", "predict")
-    return mounted(create_model_app(gateway, "predict"), path), path
+    return mounted(create_model_app(gateway_of(model, auth, limits), "predict"), path), path
 
 
 @pytest.mark.parametrize("prefix", ["", "/secured"])
@@ -130,6 +133,29 @@ def test_errors_are_the_apis_json_with_their_codes() -> None:
     assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (405, "method_not_allowed")
     below = send(app, "POST", path + "/more", content=PNG)
     assert (below.status_code, below.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_a_bug_no_handler_maps_is_answered_with_the_apis_json_500() -> None:
+    """Not Starlette's plain-text page, which a client could not tell from a proxy's for a lost request."""
+    app = create_model_app(gateway_of(Model()), "predict")
+
+    async def boom() -> None:
+        raise RuntimeError("a bug no handler maps")
+
+    app.add_api_route("/boom", boom)
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+            return await client.get("/boom")
+
+    bug = asyncio.run(go())
+    assert (bug.status_code, bug.headers[ERROR_CODE_HEADER], bug.json()["error"]["code"]) == (
+        500,
+        "internal",
+        "internal",
+    )
+    assert "a bug" not in bug.text
 
 
 def test_a_stalled_model_times_out_and_its_call_is_cancelled() -> None:
