@@ -92,6 +92,11 @@ _SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
 # ---- errors -----------------------------------------------------------------------------
 
 
+def _foreign_code(status: int) -> str:
+    """The code of an error answer that carries none of this API's (a proxy's page, say)."""
+    return f"http_{status}"
+
+
 class ApiError(Exception):
     """An error answer of the API: HTTP status, stable code, message and the response's headers."""
 
@@ -118,7 +123,7 @@ class ApiError(Exception):
         (a proxy's page, say) gets `http_<status>`, never a guess at what the server would have said.
         """
         status = response.status_code
-        code = response.headers.get(ERROR_CODE_HEADER) or f"http_{status}"
+        code = response.headers.get(ERROR_CODE_HEADER) or _foreign_code(status)
         message = response.reason_phrase or f"HTTP {status}"
         try:
             body = response.json()
@@ -139,7 +144,7 @@ class ApiError(Exception):
     @property
     def from_proxy(self) -> bool:
         """Whether something in front of the server answered (no error code of this API's)."""
-        return self.code == f"http_{self.status}"
+        return self.code == _foreign_code(self.status)
 
     def __str__(self) -> str:
         return f"HTTP {self.status} {self.code}: {self.message}"

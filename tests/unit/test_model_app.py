@@ -68,9 +68,9 @@ def mounted(app: Any, route_prefix: str) -> Any:
     return at_prefix
 
 
-def send(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def send(app: Any, method: str, path: str, raise_app_exceptions: bool = True, **kwargs: Any) -> httpx.Response:
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
             return await client.request(method, path, **kwargs)
 
@@ -143,13 +143,7 @@ def test_a_bug_no_handler_maps_is_answered_with_the_apis_json_500() -> None:
         raise RuntimeError("a bug no handler maps")
 
     app.add_api_route("/boom", boom)
-
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
-            return await client.get("/boom")
-
-    bug = asyncio.run(go())
+    bug = send(app, "GET", "/boom", raise_app_exceptions=False)
     assert (bug.status_code, bug.headers[ERROR_CODE_HEADER], bug.json()["error"]["code"]) == (
         500,
         "internal",
