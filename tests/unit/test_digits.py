@@ -89,3 +89,43 @@ def test_the_crop_finds_the_digit_through_noise_specks_and_strokes_beside_it() -
         assert found is not None
         # Within a few pixels of the clean crop: the noise on the digit's own rim may widen it a little.
         assert np.abs(np.subtract(found.box, expected.box)).max() <= 3, (found.box, expected.box)
+
+
+def _reference_region(ink: np.ndarray) -> np.ndarray:
+    """The digit's region as scipy.ndimage says it in so many words, over the whole picture:
+    what `digits._digit_region` computes in a window, faster."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(ink, digits.SMOOTH_SIGMA)
+    labels, count = ndimage.label(smooth > digits.REGION_THRESHOLD * float(smooth.max()))
+    if count == 0:
+        return np.ones(ink.shape, dtype=bool)
+    mass = np.asarray(ndimage.sum(smooth, labels, index=np.arange(1, count + 1)))
+    boxes = ndimage.find_objects(labels)
+    main = int(mass.argmax())
+    size = max(boxes[main][0].stop - boxes[main][0].start, boxes[main][1].stop - boxes[main][1].start)
+    touching, near = max(2.0, digits.TOUCH * size), digits.NEAR * size
+    parts = [
+        n + 1
+        for n, box in enumerate(boxes)
+        if (mass[n] >= digits.TOUCH_FRACTION * mass[main] and digits._gap(box, boxes[main]) <= touching)
+        or (mass[n] >= digits.NEAR_FRACTION * mass[main] and digits._gap(box, boxes[main]) <= near)
+    ]
+    region: np.ndarray = ndimage.binary_dilation(np.isin(labels, parts), iterations=digits.REGION_GROWTH)
+    return region
+
+
+def test_the_crop_window_is_exactly_the_whole_picture_region() -> None:
+    from models.training.scenes import varied_scenes
+
+    pictures = [np.asarray(scene.image, dtype=np.float32) / 255.0 for scene in varied_scenes("validation", 40, 7)]
+    rng = np.random.default_rng(3)
+    pictures += [np.clip(_digit_on_sheet(96, (20, 30)) + rng.normal(0, 40, (96, 96)), 0, 255) / 255.0]
+    pictures += [np.zeros((32, 48)), np.eye(40)]  # no ink; a stroke corner to corner (the window is the picture)
+    for picture in pictures:
+        ink = np.clip(1.0 - picture.astype(np.float32) - 0.05, 0.0, None)
+        expected = _reference_region(ink)
+        mask, (rows, cols) = digits._digit_region(ink)
+        region = np.zeros(ink.shape, dtype=bool)
+        region[rows, cols] = mask
+        assert np.array_equal(region, expected)
