@@ -69,7 +69,10 @@ def case(request: pytest.FixtureRequest) -> tuple[ModelSpec, nn.Module, list[tor
     return spec, _build(spec), make_inputs(spec)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "eager"])
+# ONNX export takes seconds even for digits_cnn: `make test` only.
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, marks=pytest.mark.slow) if b == "onnx" else b for b in BACKENDS if b != "eager"]
+)
 def test_top1_agrees_with_eager_when_backend_is_applied(
     case: tuple[ModelSpec, nn.Module, list[torch.Tensor]], backend: str
 ) -> None:
@@ -91,6 +94,7 @@ def test_eager_backend_returns_the_module_unchanged() -> None:
     assert apply_backend(module, spec, "eager") is module
 
 
+@pytest.mark.slow
 def test_onnx_runs_on_the_cpu_provider_when_module_is_on_cpu() -> None:
     spec = get_spec("digits_cnn")
     module = apply_backend(spec.build(), spec, "onnx")

@@ -72,7 +72,8 @@ def sent(answer: Any, model: type[BaseModel]) -> dict[str, Any]:
         ("digits_segmenter", "scene.png", {}),
         ("digits_denoiser", "noisy.png", {"return_latent": True}),
         ("digits_denoiser", "noisy.png", {}),
-        ("photo_denoiser", "scene.png", {}),
+        # A 256x256 RGB residual net over the whole scene: seconds, so `make test` only.
+        pytest.param("photo_denoiser", "scene.png", {}, marks=pytest.mark.slow),
         ("moving_digits_lstm", "clip.mp4", {"top_k": 2}),
     ],
 )

@@ -47,7 +47,8 @@ def live_cap(built: Any) -> int:
         ("digits_segmenter", {}),
         ("digits_dcgan", {}),
         ("digits_denoiser", {}),
-        ("photo_denoiser", {}),
+        # Its forward at its batch cap takes seconds: `make test` only.
+        pytest.param("photo_denoiser", {}, marks=pytest.mark.slow),
         ("moving_digits_lstm", {}),
         # torchvision models and their backends: seconds each (ONNX export), so `make test` only.
         pytest.param("resnet18", {"weights": "random", "backend": "channels_last"}, marks=pytest.mark.slow),
