@@ -176,9 +176,14 @@ def render_layout(layout: Layout, look: Look, rng: np.random.Generator) -> np.nd
     return 1.0 - pixels if look.invert else pixels
 
 
+def picture(pixels: np.ndarray) -> Image.Image:
+    """Pixels in [0, 1] as an 8-bit greyscale picture."""
+    return Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8), "L")
+
+
 def encode_picture(pixels: np.ndarray, jpeg: int = 0) -> bytes:
     """Pixels in [0, 1] as a PNG, or as a JPEG of quality `jpeg`."""
-    image = Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8), "L")
+    image = picture(pixels)
     buffer = io.BytesIO()
     if jpeg:
         image.save(buffer, format="JPEG", quality=jpeg)
@@ -242,7 +247,8 @@ def varied_scene(images8: np.ndarray, labels: np.ndarray, rng: np.random.Generat
         jpeg=int(rng.integers(10, 60)) if rng.random() < 0.25 else 0,
     )
     pixels = render_layout(layout, look, rng)
-    image = Image.open(io.BytesIO(encode_picture(pixels, look.jpeg))).convert("L")
+    # A PNG decodes to its own pixels: only JPEG coding changes the picture a user sends.
+    image = Image.open(io.BytesIO(encode_picture(pixels, look.jpeg))).convert("L") if look.jpeg else picture(pixels)
     return Scene(image=image, boxes=layout.boxes, labels=layout.labels, mask=layout.mask)
 
 

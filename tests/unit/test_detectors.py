@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -23,7 +24,7 @@ from models import detectors
 from models import weights as wsrc
 from models.metrics import Detections, detection_map
 from models.registry import ModelSpec, Task, get_entry, get_spec, list_models
-from models.training.scenes import Scene, digit_scenes
+from models.training.scenes import Scene, digit_scenes, encode_picture, picture
 from models.training.train_digits_detector import as_detections
 from models.weights import BUNDLED_DIR, sha256_file
 from tests.answers import answers
@@ -425,3 +426,15 @@ def test_calibration_rescales_the_centre_logit_only() -> None:
         calibrated = module(x)
     torch.testing.assert_close(calibrated[:, :1], raw[:, :1] * 3.0 + 1.5)
     torch.testing.assert_close(calibrated[:, 1:], raw[:, 1:])
+
+
+def test_a_varied_scene_not_coded_as_jpeg_is_its_own_png() -> None:
+    """varied_scene codes only JPEG pictures: a PNG would decode to the very same pixels."""
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(0.5, 0.4, (37, 53)), -0.2, 1.2)
+    decoded = Image.open(io.BytesIO(encode_picture(pixels))).convert("L")
+    assert decoded.mode == picture(pixels).mode == "L"
+    assert np.array_equal(np.asarray(decoded), np.asarray(picture(pixels)))
+    # JPEG does change them: it is the one coding a varied scene goes through.
+    jpeg = Image.open(io.BytesIO(encode_picture(pixels, 30))).convert("L")
+    assert not np.array_equal(np.asarray(jpeg), np.asarray(picture(pixels)))
