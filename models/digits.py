@@ -152,9 +152,10 @@ def _ink_layout(img: Image.Image) -> _InkLayout | None:
     inked = (arr > 0.2) & region
     rows = np.flatnonzero(inked.any(axis=1))
     cols = np.flatnonzero(inked.any(axis=0))
-    arr = arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    x0, y0 = window_cols.start + int(cols[0]), window_rows.start + int(rows[0])
-    x1, y1 = window_cols.start + int(cols[-1]) + 1, window_rows.start + int(rows[-1]) + 1
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    arr = arr[top:bottom, left:right]
+    x0, y0 = window_cols.start + left, window_rows.start + top
+    x1, y1 = window_cols.start + right, window_rows.start + bottom
     h, w = arr.shape
     scale = DIGIT_BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))

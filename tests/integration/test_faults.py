@@ -193,8 +193,9 @@ def test_killed_replica_loses_no_request_with_retries_and_is_replaced_within_30s
             client.close()
     sent = {name: len(r.outcomes) for name, r in reports.items()}
     failed = {name: r.failed() for name, r in reports.items()}
+    kinds = {name: r.failures() for name, r in reports.items()}
     print(
-        f"\nkill {deployment}: sent {sent}, failed {failed} { ({n: r.failures() for n, r in reports.items()}) },"
+        f"\nkill {deployment}: sent {sent}, failed {failed} {kinds},"
         f" replaced in {replaced.get('seconds', -1):.1f}s; {len(in_flight)} in flight, failed {len(lost)}"
     )
     assert replaced["seconds"] < 30
