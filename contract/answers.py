@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Shared by the examples below: a truncated base64 PNG and the bundled digits classifier's version.
 PNG_B64_EXAMPLE = "iVBORw0KGgo..."
-DIGITS_VERSION_EXAMPLE = "36946e7040bb"
+DIGITS_VERSION_EXAMPLE = "73079991f5f4"
 
 
 def examples(*values: dict[str, Any]) -> ConfigDict:
@@ -73,7 +73,7 @@ class GenerateResponse(BaseModel):
     model_config = examples(
         {
             "model": "digits_dcgan",
-            "model_version": "126853d42dbd",
+            "model_version": "9fa5b5564776",
             "weights": "bundled:digits_dcgan.safetensors",
             "seed": 42,
             "images": [{"image": PNG_B64_EXAMPLE, "label": "7", "index": 7}],

@@ -190,7 +190,7 @@ _MODEL_METADATA_EXAMPLE: dict[str, Any] = {
     "weights": {
         "source": "bundled",
         "name": "digits_cnn.safetensors",
-        "sha256": "36946e7040bb5d69497a3d2219b5e9b20df890c3b90dd8f4aa4e53907950b3f8",
+        "sha256": "73079991f5f4c3af1f9c8157fbf9cbe921f38f33c966edc8e44024068b940317",
         "version": DIGITS_VERSION_EXAMPLE,
     },
     "model_version": DIGITS_VERSION_EXAMPLE,

@@ -22,13 +22,13 @@ DIGITS_SIZE = 28
 DIGITS_LATENT = 32
 DIGITS_WEIGHTS_FILE = "digits_denoiser.safetensors"
 # Pinned by models/training/train_digits_denoiser.py; tests check pin, file and report agree.
-DIGITS_WEIGHTS_SHA256 = "49ea4cb1afb9b89a2e79279dfe6330544873cd83fa12fc43c7eaa66f871bb311"
+DIGITS_WEIGHTS_SHA256 = "0e4669ef0896a75b235ad3266d650c20cfeff0cf7f44c36c5a13bcf95e9fab5b"
 NOISE_SIGMA = 0.3  # the noise digits_denoiser was trained for, as a fraction of full range
 
 PHOTO_SIZE = 256
 PHOTO_WEIGHTS_FILE = "photo_denoiser.safetensors"
 # Pinned by models/training/train_photo_denoiser.py; tests check pin, file and report agree.
-PHOTO_WEIGHTS_SHA256 = "c4a00b9dc4035ce5744d9e44f322bafe385d03c956230a27ffc920ba1dfa7e05"
+PHOTO_WEIGHTS_SHA256 = "a2affd9d91bb94f477e0776f2d59b493bf4181b6dadebb9f27121523c84d8a1c"
 
 
 class DenoisingAutoencoder(nn.Module):

@@ -20,7 +20,7 @@ DIGIT_BOX = 20  # the digit is fitted into a 20x20 box centred in 28x28, as in M
 CATEGORIES = tuple(str(d) for d in range(10))
 WEIGHTS_FILE = "digits_cnn.safetensors"
 # Pinned by models/training/train_digits_cnn.py; tests check pin, file and report agree.
-WEIGHTS_SHA256 = "36946e7040bb5d69497a3d2219b5e9b20df890c3b90dd8f4aa4e53907950b3f8"
+WEIGHTS_SHA256 = "73079991f5f4c3af1f9c8157fbf9cbe921f38f33c966edc8e44024068b940317"
 
 
 class DigitsCNN(nn.Module):

@@ -1,1 +1,1 @@
-CFXBFVnE3fUcGqE04tVAYcaqaDB7FQXPg5+EsVpp+eJxgR3jsj3HKJ9Orqwy/7nsqVd2G4b+9P1oljUxaeg4Bg==
+9pohG5URRLGzxjVseTFNhRqnUz9VSp/t+3yZ/A9Vvzikso8Wq16N6SfeA7tNLyTt3hZgO9qEi9+sxNvo9luRCA==
