@@ -17,6 +17,8 @@ export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH := 134217728
 export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S := 2
 # One machine only: serving replicas at niceness 0, ahead of training's (ONE_MACHINE_ENV says why).
 export RAY_worker_niceness := 0
+# One machine only: Serve's controller loop twice a second, not ten times (ONE_MACHINE_ENV says why).
+export RAY_SERVE_CONTROL_LOOP_INTERVAL_S := 0.5
 
 .PHONY: serve test test-fast lint venv clean train k8s tools bench image
 

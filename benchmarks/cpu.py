@@ -119,12 +119,17 @@ def wait_http(url: str, timeout_s: float = 600.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
-def measure_idle(env: dict[str, str], port: int, log: Path, settle_s: float, window_s: float) -> dict[str, float]:
-    """% of one core by process group over a quiet window of the ready default deployment."""
+def measure_idle(
+    env: dict[str, str], port: int, log: Path, settle_s: float, window_s: float
+) -> tuple[dict[str, float], float]:
+    """% of one core by process group over a quiet window of the ready default deployment, and the
+    seconds from `serve run` to ready (what a slower control loop would cost)."""
     server = default_deployment(THROUGHPUT_ENV | ONE_MACHINE_ENV | host_ports_of_its_own() | env, port)
+    launched = time.monotonic()
     running = Running(server, log)
     try:
         wait_http(server.url)
+        ready_s = time.monotonic() - launched
         time.sleep(settle_s)
         before, started = cpu_by_group(running), time.monotonic()
         time.sleep(window_s)
@@ -132,7 +137,7 @@ def measure_idle(env: dict[str, str], port: int, log: Path, settle_s: float, win
         elapsed = time.monotonic() - started
     finally:
         running.stop()
-    return {k: 100.0 * v / elapsed for k, v in spent.items() if v > 0}
+    return {k: 100.0 * v / elapsed for k, v in spent.items() if v > 0}, ready_s
 
 
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -216,14 +221,19 @@ def main(argv: list[str]) -> int:
         }
     else:
         variants: dict[str, list[dict[str, float]]] = defaultdict(list)
+        ready: dict[str, list[float]] = defaultdict(list)
         for repeat in range(options.repeats):
             for variant in options.variants:
-                run = measure_idle(
+                run, ready_s = measure_idle(
                     _env(variant), options.port, logs / f"idle-{repeat}.log", options.settle_s, options.window_s
                 )
-                print(f"idle {variant} repeat {repeat}: {sum(run.values()):.1f}% of a core")
+                print(f"idle {variant} repeat {repeat}: {sum(run.values()):.1f}% of a core, ready in {ready_s:.1f} s")
                 variants[variant].append(run)
-        results["idle"] = {"percent_of_a_core": {v: medians(rs) for v, rs in variants.items()}}
+                ready[variant].append(ready_s)
+        results["idle"] = {
+            "percent_of_a_core": {v: medians(rs) for v, rs in variants.items()},
+            "ready_s": {v: statistics.median(r) for v, r in ready.items()},
+        }
     path.write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Where the CPU goes", "", "Written by `python -m benchmarks.cpu` (medians of interleaved repeats).", ""]
     if "load" in results:
@@ -239,6 +249,12 @@ def main(argv: list[str]) -> int:
         lines += table(
             "Idle default deployment (seven models), by process", "% of a core", results["idle"]["percent_of_a_core"]
         )
+        if "ready_s" in results["idle"]:
+            lines.append(
+                "Seconds from `serve run` to ready: "
+                + ", ".join(f"{v} {s:.1f}" for v, s in results["idle"]["ready_s"].items())
+            )
+            lines.append("")
     (options.out / "cpu.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

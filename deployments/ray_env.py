@@ -49,9 +49,16 @@ THROUGHPUT_ENV: dict[str, str] = {
 # 20 ms to 400 ms while a job started (benchmarks/training.py). Serving replicas at the raylet's own
 # priority share fairly with any start-up; training's processes run below it, from their first
 # instruction (training.niceness, deployments/training.py runtime_env).
+#
+# RAY_SERVE_CONTROL_LOOP_INTERVAL_S: Serve's controller runs its whole loop (the cluster's nodes from
+# the GCS, every deployment's state, autoscaling, proxies) ten times a second, busy or idle: the
+# largest process of an idle default deployment, and much of its GCS's CPU. Twice a second, the
+# controller costs about a third and the GCS under half, at the same time to ready (docs/benchmarks.md,
+# the idle table); a state change (a replica ready, dead or to start) waits up to 0.4 s more.
 ONE_MACHINE_ENV: dict[str, str] = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     "RAY_worker_niceness": "0",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
 
 # Ray's own defaults (its Python proxy actor and actor calls between deployments), for comparison.
