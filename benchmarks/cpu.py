@@ -249,12 +249,8 @@ def main(argv: list[str]) -> int:
         lines += table(
             "Idle default deployment (seven models), by process", "% of a core", results["idle"]["percent_of_a_core"]
         )
-        if "ready_s" in results["idle"]:
-            lines.append(
-                "Seconds from `serve run` to ready: "
-                + ", ".join(f"{v} {s:.1f}" for v, s in results["idle"]["ready_s"].items())
-            )
-            lines.append("")
+        ready_line = ", ".join(f"{v} {s:.1f}" for v, s in results["idle"]["ready_s"].items())
+        lines += [f"Seconds from `serve run` to ready: {ready_line}", ""]
     (options.out / "cpu.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
