@@ -29,10 +29,20 @@ if TYPE_CHECKING:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses the session's Ray cluster: `make test-fast` leaves them out."""
+    """Mark every test that uses the session's Ray cluster (`make test-fast` leaves them out), and
+    run the modules that use it last.
+
+    The session's cluster, once up, stays up to the end with a dozen replicas idling on the same
+    cores, and every module after it pays for them: the modules that never use it (unit tests,
+    the containers', benchmarks' and first runs' clusters of their own) run first, each module's
+    tests in their order, so no module's fixtures are set up twice.
+    """
+    uses_cluster: set[Path] = set()
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+            uses_cluster.add(item.path)
+    items.sort(key=lambda item: item.path in uses_cluster)  # stable: the order within each group is kept
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
