@@ -7,6 +7,8 @@
 closed loop with `hey`, and divides every process's CPU time over the run by the answers: the
 serving cost per request split by process (HAProxy, the model replicas, the catalogue's ingress,
 Serve's controller, Ray's GCS, raylet and agents), repeated and interleaved, medians reported.
+Within vision-maas' model replicas it is split again by thread (the forward, decoding, the event
+loop that answers HTTP, Ray's native threads), named by `py-spy dump`.
 
 `idle` starts the default seven-model deployment (deployments/serve_config.yaml, expanded as
 `make serve` runs it) once per variant (environment settings of every Ray process), waits until
@@ -18,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -79,6 +84,58 @@ def cpu_by_group(running: Running) -> dict[str, float]:
     return dict(out)
 
 
+# A pool's workers are one role: forward_0 -> forward, ThreadPoolExecutor-2_0 -> ThreadPoolExecutor.
+_WORKER_NUMBER = re.compile(r"(?:[_-]\d+)+$")
+NATIVE = "native (Ray's core worker, gRPC)"
+
+
+def thread_role(name: str) -> str:
+    """What a thread does, from its Python name: the numbers of a pool's workers dropped."""
+    return _WORKER_NUMBER.sub("", name) or name
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name of a live process, from `py-spy dump` (which needs
+    ptrace on it); threads it does not list run no Python. Empty when py-spy cannot attach."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        dump = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', dump.stdout, re.M)}
+
+
+def thread_cpu(pids: list[int]) -> dict[tuple[int, int], float]:
+    """CPU seconds so far of each thread of these processes, by (pid, native thread id)."""
+    out: dict[tuple[int, int], float] = {}
+    for pid in pids:
+        try:
+            threads = psutil.Process(pid).threads()
+        except psutil.NoSuchProcess:
+            continue
+        out |= {(pid, t.id): t.user_time + t.system_time for t in threads}
+    return out
+
+
+def by_role(spent: dict[tuple[int, int], float], names: dict[int, dict[int, str]]) -> dict[str, float]:
+    """Threads' CPU summed by role across processes; threads without a Python name are NATIVE."""
+    out: dict[str, float] = defaultdict(float)
+    for (pid, tid), seconds in spent.items():
+        name = names.get(pid, {}).get(tid)
+        out[NATIVE if name is None else thread_role(name)] += seconds
+    return dict(out)
+
+
+def model_replicas(running: Running) -> list[int]:
+    """The pids of the server's model replicas (not the catalogue's ingress or training deployments)."""
+    catalogue = ("replica: ingress", "replica: StoreModels", "replica: TrainingJobs")
+    return [
+        p.pid
+        for p in running.processes()
+        if process_group(p).startswith("replica: ") and process_group(p) not in catalogue
+    ]
+
+
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0.0) for k in after}
 
@@ -89,13 +146,23 @@ def measure_load(server: Server, log: Path, image: bytes, concurrency: int, seco
     try:
         running.wait_ready(image)
         closed_loop(server.url, body, content_type, concurrency, 3.0)  # warm
-        before = cpu_by_group(running)
+        replicas = model_replicas(running) if server.name.startswith("vision-maas") else []
+        before, threads_before = cpu_by_group(running), thread_cpu(replicas)
         run = closed_loop(server.url, body, content_type, concurrency, seconds)
         spent = delta(cpu_by_group(running), before)
+        threads_after = thread_cpu(replicas)
+        names = {pid: thread_names(pid) for pid in replicas}
     finally:
         running.stop()
-    per_request = {k: v * 1000.0 / max(run["ok"], 1) for k, v in spent.items() if v > 0}
-    return {"answers_per_s": run["ok"] / run["wall_s"], "cpu_ms_per_request": per_request}
+    threads_spent = {k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()}
+    answers = max(run["ok"], 1)
+    return {
+        "answers_per_s": run["ok"] / run["wall_s"],
+        "cpu_ms_per_request": {k: v * 1000.0 / answers for k, v in spent.items() if v > 0},
+        "replica_cpu_ms_per_request_by_thread": {
+            k: v * 1000.0 / answers for k, v in by_role(threads_spent, names).items() if v > 0
+        },
+    }
 
 
 def default_deployment(env: dict[str, str], port: int) -> Server:
@@ -145,14 +212,14 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(run.get(k, 0.0) for run in runs) for k in sorted(keys)}
 
 
-def table(title: str, unit: str, columns: dict[str, dict[str, float]]) -> list[str]:
+def table(title: str, unit: str, columns: dict[str, dict[str, float]], of: str = "process") -> list[str]:
     groups = sorted(
         {g for values in columns.values() for g in values}, key=lambda g: -max(c.get(g, 0) for c in columns.values())
     )
     lines = [
         f"### {title}",
         "",
-        f"| process ({unit}) | " + " | ".join(columns) + " |",
+        f"| {of} ({unit}) | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
     for group in groups:
@@ -218,6 +285,11 @@ def main(argv: list[str]) -> int:
             "threads": options.threads,
             "answers_per_s": {n: statistics.median(r["answers_per_s"] for r in rs) for n, rs in runs.items()},
             "cpu_ms_per_request": {n: medians([r["cpu_ms_per_request"] for r in rs]) for n, rs in runs.items()},
+            "replica_cpu_ms_per_request_by_thread": {
+                n: medians([r["replica_cpu_ms_per_request_by_thread"] for r in rs])
+                for n, rs in runs.items()
+                if n.startswith("vision-maas")
+            },
         }
     else:
         variants: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -245,6 +317,13 @@ def main(argv: list[str]) -> int:
         )
         lines.append("")
         lines += table("CPU-ms per request, by process", "CPU-ms", load_results["cpu_ms_per_request"])
+        if load_results.get("replica_cpu_ms_per_request_by_thread"):
+            lines += table(
+                "The model replicas' CPU-ms per request, by thread",
+                "CPU-ms",
+                load_results["replica_cpu_ms_per_request_by_thread"],
+                of="thread",
+            )
     if "idle" in results:
         lines += table(
             "Idle default deployment (seven models), by process", "% of a core", results["idle"]["percent_of_a_core"]
