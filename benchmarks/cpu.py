@@ -38,9 +38,16 @@ from benchmarks.images import jpeg_images
 from benchmarks.load import closed_loop
 from benchmarks.servers import REPO, SERVERS, Running, Server, make_server, serve_command, write_config
 from deployments.ray_env import ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
-from deployments.topology import expand
+from deployments.topology import CATALOGUE_DEPLOYMENTS, expand
 
 RESULTS = REPO / "benchmarks" / "results"
+
+
+def _deployment_of(cmdline: str) -> str | None:
+    """The Serve deployment a replica's process runs (Ray names it after the actor); None for others."""
+    if "ServeReplica:" not in cmdline:
+        return None
+    return cmdline.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1]
 
 
 def process_group(proc: psutil.Process) -> str:
@@ -50,9 +57,8 @@ def process_group(proc: psutil.Process) -> str:
         name = proc.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
-    if "ServeReplica:" in cmdline:
-        actor = cmdline.split("ServeReplica:", 1)[1].split()[0]
-        deployment = actor.rsplit(":", 1)[-1]
+    deployment = _deployment_of(cmdline)
+    if deployment is not None:
         return "replica: ingress" if deployment == "Ingress" else f"replica: {deployment}"
     for marker, group in (
         ("ServeController", "serve controller"),
@@ -94,12 +100,20 @@ def thread_role(name: str) -> str:
     return _WORKER_NUMBER.sub("", name) or name
 
 
+def py_spy() -> str | None:
+    """The py-spy command: on PATH, or beside this Python (the project's dev dependency)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """Native thread id -> Python thread name of a live process, from `py-spy dump` (which needs
-    ptrace on it); threads it does not list run no Python. Empty when py-spy cannot attach."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    ptrace on it); threads it does not list run no Python. Empty when py-spy is missing or cannot attach."""
+    command = py_spy()
+    if command is None:
+        return {}
     try:
-        dump = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+        dump = subprocess.run([command, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', dump.stdout, re.M)}
@@ -127,13 +141,16 @@ def by_role(spent: dict[tuple[int, int], float], names: dict[int, dict[int, str]
 
 
 def model_replicas(running: Running) -> list[int]:
-    """The pids of the server's model replicas (not the catalogue's ingress or training deployments)."""
-    catalogue = ("replica: ingress", "replica: StoreModels", "replica: TrainingJobs")
-    return [
-        p.pid
-        for p in running.processes()
-        if process_group(p).startswith("replica: ") and process_group(p) not in catalogue
-    ]
+    """The pids of the server's model replicas (not the catalogue's deployments)."""
+    pids = []
+    for proc in running.processes():
+        try:
+            deployment = _deployment_of(" ".join(proc.cmdline()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if deployment is not None and deployment not in CATALOGUE_DEPLOYMENTS:
+            pids.append(proc.pid)
+    return pids
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu import NATIVE, by_role, thread_cpu, thread_names, thread_role
+from benchmarks.cpu import NATIVE, by_role, py_spy, thread_cpu, thread_names, thread_role
 
 # Two pool workers that spin and one that sleeps, as a replica's forward and prepare pools run.
 BUSY = """
-import threading, time, sys
+import threading, time
 
 def spin():
     while True:
@@ -27,10 +25,6 @@ threading.Thread(target=time.sleep, args=(600,), name="prepare_0", daemon=True).
 print("started", flush=True)
 time.sleep(600)
 """
-
-
-def _py_spy() -> str | None:
-    return shutil.which("py-spy") or (str(p) if (p := Path(sys.executable).parent / "py-spy").exists() else None)
 
 
 @pytest.fixture
@@ -60,7 +54,7 @@ def test_a_pools_workers_are_one_role(name: str, role: str) -> None:
 
 
 def test_threads_cpu_is_split_by_python_name_and_the_rest_is_native(busy: int) -> None:
-    if _py_spy() is None:
+    if py_spy() is None:
         pytest.skip("py-spy is not installed (a dev dependency: `make venv`)")
     before = thread_cpu([busy])
     time.sleep(1.5)
