@@ -1,4 +1,15 @@
-"""Batch caps that buy throughput, not only latency: measured at warm-up, then (optionally) tuned live.
+"""Dynamic batching for the model replica: when batches form, and how large they may grow.
+
+`Batcher` forms a batch when the replica's one forward worker is free, from every item waiting
+then, as Triton's dynamic batcher and LitServe do. Ray Serve's `serve.batch` forms its next
+batch while the previous one runs (`_BatchQueue._process_batches` takes a batch, starts it as a
+task and goes on to the next; the `max_concurrent_batches` semaphore only holds the started
+batch back): under load an item that arrives while the forward computes opens a batch that
+waits `batch_wait_timeout_s`, takes the one or two items come meanwhile and queues behind the
+running batch, so batches stay at one or two items however many wait (docs/benchmarks.md has
+both measured side by side).
+
+Batch caps that buy throughput, not only latency: measured at warm-up, then (optionally) tuned live.
 
 A batch of b items makes each of them wait for all b, so a larger cap is worth it only where it
 buys throughput. At warm-up a replica times its forward at each batch size up to
@@ -13,16 +24,22 @@ Ray Serve, Triton and LitServe take a fixed `max_batch_size` (Triton's `preferre
 and queue delay are fixed too); the best fixed value depends on the load and the hardware,
 which is what the measurement and the controller find at run time.
 
-Pure Python (no Ray, no torch), so both are unit-tested on synthetic curves and latencies.
+Pure Python (no Ray, no torch), so all three are unit-tested on synthetic curves, latencies and
+batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 # A batch twice as large must serve at least this much more items/s to be worth its latency.
 MIN_GAIN_PER_DOUBLING = 0.15
@@ -177,3 +194,83 @@ class SloBatchController:
         self.cap = new
         self._window.clear()
         return new
+
+
+class Batcher(Generic[ItemT, ResultT]):
+    """Batches items for one worker: `run` gets each batch once the previous one has returned.
+
+    A batch takes every item waiting, up to `max_batch_size`, when the worker is free. While fewer
+    wait, it waits for more until its oldest item has waited `batch_wait_timeout_s` since it
+    arrived, so an item that waited through the previous batch goes at once. Both settings are
+    read for each batch, so changing them applies to the next one. `run` returns one result per
+    item, in order; its exception goes to every item of its batch. An item whose caller is
+    cancelled (a client gone) leaves the queue without running.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[ItemT]], Awaitable[Sequence[ResultT]]],
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self._run = run
+        self._queue: deque[tuple[ItemT, float, asyncio.Future[ResultT]]] = deque()
+        # Created on the event loop of the first call (a replica builds this before its loop runs).
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: ItemT) -> ResultT:
+        """`item`'s result, once a batch with it has run."""
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._arrived = asyncio.Event()
+            self._worker = loop.create_task(self._work(self._arrived))
+        future: asyncio.Future[ResultT] = loop.create_future()
+        self._queue.append((item, time.monotonic(), future))
+        assert self._arrived is not None
+        self._arrived.set()
+        return await future
+
+    def _waiting(self) -> int:
+        """Items waiting whose callers still wait, after dropping the cancelled ones from the front."""
+        while self._queue and self._queue[0][2].done():
+            self._queue.popleft()
+        return sum(1 for _, _, future in self._queue if not future.done())
+
+    async def _work(self, arrived: asyncio.Event) -> None:
+        while True:
+            while not self._waiting():
+                arrived.clear()
+                await arrived.wait()
+            cap = max(1, self.max_batch_size)
+            deadline = self._queue[0][1] + self.batch_wait_timeout_s
+            while self._waiting() < cap and (remaining := deadline - time.monotonic()) > 0:
+                arrived.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await arrived.wait()
+                except TimeoutError:
+                    break
+            batch: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
+            while self._queue and len(batch) < cap:
+                item, _, future = self._queue.popleft()
+                if not future.done():
+                    batch.append((item, future))
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[ItemT, asyncio.Future[ResultT]]]) -> None:
+        try:
+            results = list(await self._run([item for item, _ in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} items returned {len(results)} results")
+        except Exception as exc:  # every caller of the batch gets it; the worker goes on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -138,6 +138,10 @@ class ImageModel:
         # this replica is its model's ingress: profiled, the loop was the bottleneck with them on it.
         self._prepare_executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="prepare")
         self._batch = _DEFAULT_BATCH
+        # Batches form when the forward worker is free (deployments.batching.Batcher, not serve.batch).
+        self._batcher: batching.Batcher[tuple[torch.Tensor, float], tuple[Any, int]] = batching.Batcher(
+            self._forward_batch, _DEFAULT_BATCH.max_batch_size, _DEFAULT_BATCH.batch_wait_timeout_s
+        )
         self._controller: SloBatchController | None = None
         self._warmed: set[int] = set()
         # Forward items/s by batch size, the max_batch_size values measured for, and the cap they give.
@@ -177,8 +181,7 @@ class ImageModel:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply `user_config` batching settings live, without restarting the replica."""
         self._batch = BatchConfig.model_validate(user_config or {})
-        # serve.batch adds these setters to the method; Ray's decorator is untyped.
-        self._forward_batch.set_batch_wait_timeout_s(self._batch.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._batcher.batch_wait_timeout_s = self._batch.batch_wait_timeout_s
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -253,7 +256,7 @@ class ImageModel:
         return {str(size): round(rate, 1) for size, rate in self._curve().items()}
 
     def _apply_cap(self) -> None:
-        """serve.batch's cap: the measured one, else max_batch_size; with a p99 target, the SLO
+        """The batcher's cap: the measured one, else max_batch_size; with a p99 target, the SLO
         controller's, which starts at 1 and stays under that cap."""
         batch = self._batch
         cap = batch.max_batch_size if self._measured_cap is None else self._measured_cap
@@ -262,7 +265,7 @@ class ImageModel:
             if batch.target_p99_ms is None
             else SloBatchController(batch.target_p99_ms, cap, batch.batch_wait_timeout_s)
         )
-        self._forward_batch.set_max_batch_size(cap if self._controller is None else self._controller.cap)  # type: ignore[attr-defined]
+        self._batcher.max_batch_size = cap if self._controller is None else self._controller.cap
 
     def _warm_input(self) -> tuple[torch.Tensor, list[tuple[int, int] | None]]:
         """One input made as a request's is, and its original's size: a noise picture of the model's input
@@ -293,7 +296,6 @@ class ImageModel:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 
-    @serve.batch(max_batch_size=_DEFAULT_BATCH.max_batch_size, batch_wait_timeout_s=_DEFAULT_BATCH.batch_wait_timeout_s)
     async def _forward_batch(self, items: list[tuple[torch.Tensor, float]]) -> list[tuple[Any, int]]:
         loop = asyncio.get_running_loop()
         waits: list[float] = []
@@ -301,8 +303,7 @@ class ImageModel:
         if self._controller is not None:
             cap = self._controller.observe(len(items), batch_ms, waits)
             if cap is not None:
-                # On the event loop, where serve.batch reads the cap for the next batch.
-                self._forward_batch.set_max_batch_size(cap)  # type: ignore[attr-defined]
+                self._batcher.max_batch_size = cap
                 logger.info("model %s: adaptive batch cap now %d", self._spec.name, cap)
         return results
 
@@ -455,7 +456,7 @@ class ImageModel:
             loop = asyncio.get_running_loop()
             results, _ = await loop.run_in_executor(self._executor, self._run, [(tensors[0], now)])
         else:
-            results = await asyncio.gather(*(self._forward_batch((t, now)) for t in tensors))
+            results = await asyncio.gather(*(self._batcher((t, now)) for t in tensors))
         facts["batch_sizes"] = [size for _, size in results]
         return [out for out, _ in results]
 

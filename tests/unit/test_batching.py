@@ -3,14 +3,16 @@ curve, and the SLO-aware controller from items' queue waits and batch times."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections.abc import Callable
 
 import pytest
 
 from deployments import batching
 from deployments.args import BatchConfig
-from deployments.batching import SloBatchController, batch_sizes, choose_batch_cap, measure_throughput
+from deployments.batching import Batcher, SloBatchController, batch_sizes, choose_batch_cap, measure_throughput
 
 
 def curve(*rates: float) -> dict[int, float]:
@@ -213,3 +215,156 @@ def test_torch_threads_follow_the_replica_cpus_unless_the_environment_says(monke
     assert image_model._replica_threads() == 1  # outside a Ray worker: one
     monkeypatch.setenv(image_model.THREADS_ENV, "2")
     assert image_model._replica_threads() == 2
+
+
+class Worker:
+    """A batch function that records its batches and, while `hold` is clear, blocks in the first one."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.started = asyncio.Event()
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        self.started.set()
+        await self.hold.wait()
+        return [item * 10 for item in items]
+
+
+async def _submit_while_the_first_batch_runs(batcher: Batcher[int, int], worker: Worker, later: int) -> list[int]:
+    worker.hold.clear()
+    first = asyncio.ensure_future(batcher(0))
+    await worker.started.wait()
+    rest = [asyncio.ensure_future(batcher(item)) for item in range(1, later + 1)]
+    await asyncio.sleep(0.05)  # several wait timeouts: the items wait for the worker, not a timer
+    worker.hold.set()
+    return list(await asyncio.gather(first, *rest))
+
+
+def test_items_that_arrive_while_a_batch_runs_share_the_next_batch() -> None:
+    worker = Worker()
+    batcher = Batcher(worker, max_batch_size=16, batch_wait_timeout_s=0.005)
+    results = asyncio.run(_submit_while_the_first_batch_runs(batcher, worker, later=5))
+    assert results == [0, 10, 20, 30, 40, 50]
+    assert worker.batches == [[0], [1, 2, 3, 4, 5]]
+
+
+def test_a_batch_never_exceeds_the_cap_and_a_new_cap_applies_to_the_next_batch() -> None:
+    worker = Worker()
+    batcher = Batcher(worker, max_batch_size=4, batch_wait_timeout_s=0.0)
+
+    async def scenario() -> None:
+        await _submit_while_the_first_batch_runs(batcher, worker, later=10)
+        batcher.max_batch_size = 3
+        worker.started.clear()
+        await _submit_while_the_first_batch_runs(batcher, worker, later=7)
+
+    asyncio.run(scenario())
+    assert [len(batch) for batch in worker.batches] == [1, 4, 4, 2, 1, 3, 3, 1]
+    assert [item for batch in worker.batches[:4] for item in batch] == list(range(11))
+
+
+def test_a_lone_item_waits_the_timeout_for_company_and_no_longer() -> None:
+    worker = Worker()
+    batcher = Batcher(worker, max_batch_size=8, batch_wait_timeout_s=0.2)
+
+    async def scenario() -> tuple[float, float]:
+        started = time.monotonic()
+        alone = asyncio.ensure_future(batcher(1))
+        await asyncio.sleep(0.1)
+        joined = asyncio.ensure_future(batcher(2))  # inside the first item's wait: same batch
+        await asyncio.gather(alone, joined)
+        waited = time.monotonic() - started
+        # A full batch goes at once, whatever the timeout.
+        started = time.monotonic()
+        await asyncio.gather(*(batcher(item) for item in range(8)))
+        return waited, time.monotonic() - started
+
+    waited, full = asyncio.run(scenario())
+    assert worker.batches == [[1, 2], list(range(8))]
+    assert 0.19 <= waited < 0.5
+    assert full < 0.15
+
+
+def test_the_wait_counts_from_an_items_arrival_so_an_item_that_waited_through_a_batch_goes_at_once() -> None:
+    batches: list[tuple[float, list[int]]] = []
+
+    async def slow(items: list[int]) -> list[int]:
+        batches.append((time.monotonic(), items))
+        await asyncio.sleep(0.3)
+        return items
+
+    batcher = Batcher(slow, max_batch_size=8, batch_wait_timeout_s=0.2)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher(1))  # waits 0.2 s alone, then runs 0.3 s
+        await asyncio.sleep(0.25)
+        await asyncio.gather(first, batcher(2))  # arrives at 0.25: its wait is over before the worker is free
+
+    asyncio.run(scenario())
+    (first_at, first), (second_at, second) = batches
+    assert (first, second) == ([1], [2])
+    # The second batch starts when the first returns (0.3 s later), not a further timeout after.
+    assert 0.28 <= second_at - first_at < 0.45
+
+
+def test_an_exception_reaches_every_item_of_its_batch_and_the_batcher_goes_on() -> None:
+    calls: list[list[int]] = []
+
+    async def fails_on_seven(items: list[int]) -> list[int]:
+        calls.append(items)
+        if 7 in items:
+            raise ValueError("seven")
+        return items
+
+    batcher = Batcher(fails_on_seven, max_batch_size=4, batch_wait_timeout_s=0.05)
+
+    async def scenario() -> tuple[list[object], int]:
+        outcomes = await asyncio.gather(batcher(6), batcher(7), return_exceptions=True)
+        return outcomes, await batcher(8)
+
+    outcomes, after = asyncio.run(scenario())
+    assert calls == [[6, 7], [8]]
+    assert all(isinstance(outcome, ValueError) for outcome in outcomes)
+    assert after == 8
+
+
+def test_a_batch_returning_the_wrong_number_of_results_fails_its_items() -> None:
+    async def drops_one(items: list[int]) -> list[int]:
+        return items[1:]
+
+    batcher = Batcher(drops_one, max_batch_size=4, batch_wait_timeout_s=0.05)
+
+    async def scenario() -> list[object]:
+        return await asyncio.gather(batcher(1), batcher(2), return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(outcome, RuntimeError) and "2 items returned 1" in str(outcome) for outcome in outcomes)
+
+
+def test_an_item_whose_caller_is_cancelled_never_runs() -> None:
+    worker = Worker()
+    batcher = Batcher(worker, max_batch_size=8, batch_wait_timeout_s=0.0)
+
+    async def scenario() -> list[int]:
+        worker.hold.clear()
+        first = asyncio.ensure_future(batcher(0))
+        await worker.started.wait()
+        gone = asyncio.ensure_future(batcher(1))
+        kept = asyncio.ensure_future(batcher(2))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        worker.hold.set()
+        return [await first, await kept]
+
+    assert asyncio.run(scenario()) == [0, 20]
+    assert worker.batches == [[0], [2]]
+
+
+def test_a_batcher_serves_a_later_event_loop() -> None:
+    worker = Worker()
+    batcher = Batcher(worker, max_batch_size=2, batch_wait_timeout_s=0.0)
+    assert asyncio.run(batcher(1)) == 10
+    assert asyncio.run(batcher(2)) == 20

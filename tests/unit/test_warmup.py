@@ -34,8 +34,8 @@ def replica(name: str, **model: Any) -> Any:
 
 
 def live_cap(built: Any) -> int:
-    """The cap serve.batch applies to the replica's next batch."""
-    cap: int = built._forward_batch._get_max_batch_size()
+    """The cap the replica's batcher applies to its next batch."""
+    cap: int = built._batcher.max_batch_size
     return cap
 
 
