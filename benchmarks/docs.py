@@ -187,7 +187,8 @@ def adaptive_block(results: Path) -> str:
     s = data["settings"]
     return (
         f"`python -m benchmarks.adaptive --target-p99-ms {s['target_p99_ms']:g} --fixed "
-        f"{' '.join(str(n) for n in s['fixed'])} --seconds {s['seconds']:g} --repeats {s['repeats']}`: "
+        f"{' '.join(str(n) for n in s['fixed'])} --rates {' '.join(f'{r:g}' for r in s['rates'])} "
+        f"--seconds {s['seconds']:g} --repeats {s['repeats']}`: "
         f"{s['model']} {s['size']}, open-loop rates as fractions of the fixed cap "
         f"{max(s['fixed'])}'s saturation ({_f(data['saturation'])} images/s).\n\n"
         + adaptive.markdown(data["summary"], s["target_p99_ms"])
