@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from contract.backends import Backend
 from contract.tasks import MODEL_NAME
+from deployments.batching import MIN_GAIN_PER_DOUBLING
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -49,8 +50,8 @@ class BatchConfig(_Strict):
     measure: bool = Field(
         True,
         description="With warmup: time the forward at batch 1, 2, 4, ... up to max_batch_size while warming up "
-        "and cap batches at the size past which larger ones stop gaining 15% items/s per doubling "
-        "(deployments/batching.py); false keeps max_batch_size as the cap.",
+        f"and cap batches at the size past which larger ones stop gaining {MIN_GAIN_PER_DOUBLING:.0%} items/s per "
+        "doubling (deployments/batching.py); false keeps max_batch_size as the cap.",
     )
 
 
