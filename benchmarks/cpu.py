@@ -1,7 +1,7 @@
 """Where a server's CPU goes: CPU-ms per request by process under load, and % of a core at idle.
 
     python -m benchmarks.cpu load --model digits_cnn --servers vision-maas vision-maas-twohop litserve
-    python -m benchmarks.cpu idle --variants default RAY_SERVE_HAPROXY_METRICS_ENABLED=0
+    python -m benchmarks.cpu idle --variants ray-alone default RAY_SERVE_METRICS_EXPORT_INTERVAL_MS=1000
 
 `load` starts each server as benchmarks/run.py does (same replicas and threads), sends a bounded
 closed loop with `hey`, and divides every process's CPU time over the run by the answers: the
@@ -13,7 +13,9 @@ loop that answers HTTP, Ray's native threads), named by `py-spy dump`.
 `idle` starts the default seven-model deployment (deployments/serve_config.yaml, expanded as
 `make serve` runs it) once per variant (environment settings of every Ray process), waits until
 it is ready and has settled, then measures each process's CPU over a quiet window: what an idle
-deployment costs, by process. Results go to benchmarks/results/cpu.json and cpu.md.
+deployment costs, by process. The variant `ray-alone` starts Ray as `serve run` does and nothing
+else (no Serve, no model): the floor under any deployment on Ray. Results go to
+benchmarks/results/cpu.json and cpu.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,7 @@ def process_group(proc: psutil.Process) -> str:
         ("log_monitor", "ray log monitor"),
         ("monitor.py", "ray monitor"),
         ("serve run", "serve run (driver)"),
+        ("ray.init()", "serve run (driver)"),  # ray-alone's driver: serve run's role, nothing deployed
         ("ray::IDLE", "ray idle workers"),
     ):
         if marker in cmdline or marker in name:
@@ -203,16 +207,15 @@ def wait_http(url: str, timeout_s: float = 600.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
-def measure_idle(
-    env: dict[str, str], port: int, log: Path, settle_s: float, window_s: float
+def _idle_percent(
+    server: Server, log: Path, ready: Callable[[Running], None], settle_s: float, window_s: float
 ) -> tuple[dict[str, float], float]:
-    """% of one core by process group over a quiet window of the ready default deployment, and the
-    seconds from `serve run` to ready (what a slower control loop would cost)."""
-    server = default_deployment(THROUGHPUT_ENV | ONE_MACHINE_ENV | host_ports_of_its_own() | env, port)
+    """% of one core by process group of `server` over a quiet window once `ready` returned and
+    `settle_s` passed, and the seconds from its start to ready."""
     launched = time.monotonic()
     running = Running(server, log)
     try:
-        wait_http(server.url)
+        ready(running)
         ready_s = time.monotonic() - launched
         time.sleep(settle_s)
         before, started = cpu_by_group(running), time.monotonic()
@@ -222,6 +225,36 @@ def measure_idle(
     finally:
         running.stop()
     return {k: 100.0 * v / elapsed for k, v in spent.items() if v > 0}, ready_s
+
+
+def measure_idle(
+    env: dict[str, str], port: int, log: Path, settle_s: float, window_s: float
+) -> tuple[dict[str, float], float]:
+    """% of one core by process group over a quiet window of the ready default deployment, and the
+    seconds from `serve run` to ready (what a slower control loop would cost)."""
+    server = default_deployment(THROUGHPUT_ENV | ONE_MACHINE_ENV | host_ports_of_its_own() | env, port)
+    return _idle_percent(server, log, lambda _: wait_http(server.url), settle_s, window_s)
+
+
+RAY_ALONE = "ray-alone"
+_RAY_ALONE_READY = "ray-alone ready"
+# Ray as `serve run` starts it (ray.init on a fresh local node), then idle until stopped.
+_RAY_ALONE_SCRIPT = f"import time, ray; ray.init(); print({_RAY_ALONE_READY!r}, flush=True); time.sleep(1e9)"
+
+
+def measure_ray_alone(log: Path, settle_s: float, window_s: float) -> tuple[dict[str, float], float]:
+    """As measure_idle, for a Ray node with nothing deployed: the floor under any deployment."""
+    env = THROUGHPUT_ENV | ONE_MACHINE_ENV | host_ports_of_its_own()
+    server = Server(RAY_ALONE, [sys.executable, "-c", _RAY_ALONE_SCRIPT], "", "", env=env)
+
+    def ready(running: Running) -> None:
+        deadline = time.monotonic() + 300.0
+        while _RAY_ALONE_READY not in log.read_text(errors="replace"):
+            if running.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Ray did not start; see {log}")
+            time.sleep(0.5)
+
+    return _idle_percent(server, log, ready, settle_s, window_s)
 
 
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -267,7 +300,12 @@ def main(argv: list[str]) -> int:
         "--variants", nargs="+", default=["default"], help="`default` or K=V[,K=V]: environment of vision-maas servers"
     )
     idle = sub.add_parser("idle")
-    idle.add_argument("--variants", nargs="+", default=["default"], help="`default` or K=V[,K=V] environment settings")
+    idle.add_argument(
+        "--variants",
+        nargs="+",
+        default=[RAY_ALONE, "default"],
+        help=f"`{RAY_ALONE}` (Ray, nothing deployed), `default` or K=V[,K=V] environment settings",
+    )
     idle.add_argument("--repeats", type=int, default=2)
     idle.add_argument("--settle-s", type=float, default=20.0)
     idle.add_argument("--window-s", type=float, default=30.0)
@@ -313,9 +351,11 @@ def main(argv: list[str]) -> int:
         ready: dict[str, list[float]] = defaultdict(list)
         for repeat in range(options.repeats):
             for variant in options.variants:
-                run, ready_s = measure_idle(
-                    _env(variant), options.port, logs / f"idle-{repeat}.log", options.settle_s, options.window_s
-                )
+                log = logs / f"idle-{repeat}.log"
+                if variant == RAY_ALONE:
+                    run, ready_s = measure_ray_alone(log, options.settle_s, options.window_s)
+                else:
+                    run, ready_s = measure_idle(_env(variant), options.port, log, options.settle_s, options.window_s)
                 print(f"idle {variant} repeat {repeat}: {sum(run.values()):.1f}% of a core, ready in {ready_s:.1f} s")
                 variants[variant].append(run)
                 ready[variant].append(ready_s)

@@ -1,4 +1,5 @@
-"""benchmarks.cpu's split of a process's CPU by thread, on a real process of Python threads."""
+"""benchmarks.cpu's split of a process's CPU by thread, on a real process of Python threads, and its
+measure of a bare Ray node's idle CPU."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu import NATIVE, by_role, py_spy, thread_cpu, thread_names, thread_role
+from benchmarks.cpu import NATIVE, by_role, measure_ray_alone, py_spy, thread_cpu, thread_names, thread_role
 
 # Two pool workers that spin and one that sleeps, as a replica's forward and prepare pools run.
 BUSY = """
@@ -71,3 +73,17 @@ def test_threads_cpu_is_split_by_python_name_and_the_rest_is_native(busy: int) -
     assert set(spent) <= {"forward", "prepare", "MainThread", NATIVE}
     # A thread py-spy does not list (no Python frames) counts as native.
     assert by_role({(busy, -1): 1.0}, names) == {NATIVE: 1.0}
+
+
+@pytest.mark.slow
+def test_ray_alone_is_measured_by_process_with_nothing_deployed(tmp_path: Path) -> None:
+    """The idle table's floor: a real Ray node started as `serve run` starts it, and no Serve."""
+    percent, ready_s = measure_ray_alone(tmp_path / "ray-alone.log", settle_s=0.0, window_s=5.0)
+    assert ready_s > 0
+    # Only processes that used CPU in the window are listed: Ray's GCS and raylet always tick.
+    assert {"ray gcs", "ray raylet"} & set(percent)
+    serve = [
+        g for g in percent if g.startswith(("replica:", "ray::ProxyActor", "ray::HAProxyManager", "serve controller"))
+    ]
+    assert not serve
+    assert all(value >= 0 for value in percent.values())

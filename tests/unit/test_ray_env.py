@@ -24,9 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_makefile_exports_the_shipped_serve_env_when_it_runs_serve_and_test() -> None:
-    exported = dict(
-        re.findall(r"^export (RAY_(?:SERVE_\w+|worker_niceness)) := (\S+)$", (REPO / "Makefile").read_text(), re.M)
-    )
+    exported = dict(re.findall(r"^export (RAY_\w+) := (\S+)$", (REPO / "Makefile").read_text(), re.M))
+    del exported["RAY_USAGE_STATS_ENABLED"]  # not Serve's data path: no usage reports from any run
     # `make serve` and `make test` run on one machine; the image and the chart do not get it.
     assert exported == THROUGHPUT_ENV | ONE_MACHINE_ENV
 
