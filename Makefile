@@ -19,8 +19,6 @@ export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S := 2
 export RAY_worker_niceness := 0
 # One machine only: Serve's controller loop twice a second, not ten times (ONE_MACHINE_ENV says why).
 export RAY_SERVE_CONTROL_LOOP_INTERVAL_S := 0.5
-# One machine only: the log monitor lists Ray's log directory twice a second, not ten times.
-export RAY_LOG_MONITOR_MANY_FILES_THRESHOLD := 0
 
 .PHONY: serve test test-fast pytest-fast lint types venv clean train k8s tools bench image
 

@@ -283,6 +283,34 @@ def _env(variant: str) -> dict[str, str]:
     return {} if variant == "default" else dict(kv.split("=", 1) for kv in variant.split(","))
 
 
+def markdown(results: dict[str, Any]) -> list[str]:
+    """cpu.md's lines from cpu.json's results."""
+    lines = ["# Where the CPU goes", "", "Written by `python -m benchmarks.cpu` (medians of interleaved repeats).", ""]
+    if "load" in results:
+        load_results = results["load"]
+        lines.append(
+            f"{load_results['model']}, 224x224 JPEG, {load_results['concurrency']} clients, "
+            f"{load_results['replicas']} replicas x {load_results['threads']} thread(s); answers/s: "
+            + ", ".join(f"{n} {v:.0f}" for n, v in load_results["answers_per_s"].items())
+        )
+        lines.append("")
+        lines += table("CPU-ms per request, by process", "CPU-ms", load_results["cpu_ms_per_request"])
+        if load_results.get("replica_cpu_ms_per_request_by_thread"):
+            lines += table(
+                "The model replicas' CPU-ms per request, by thread",
+                "CPU-ms",
+                load_results["replica_cpu_ms_per_request_by_thread"],
+                of="thread",
+            )
+    if "idle" in results:
+        lines += table(
+            "Idle default deployment (seven models), by process", "% of a core", results["idle"]["percent_of_a_core"]
+        )
+        ready_line = ", ".join(f"{v} {s:.1f}" for v, s in results["idle"]["ready_s"].items())
+        lines += [f"Seconds from `serve run` to ready: {ready_line}", ""]
+    return lines
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -364,29 +392,7 @@ def main(argv: list[str]) -> int:
             "ready_s": {v: statistics.median(r) for v, r in ready.items()},
         }
     path.write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["# Where the CPU goes", "", "Written by `python -m benchmarks.cpu` (medians of interleaved repeats).", ""]
-    if "load" in results:
-        load_results = results["load"]
-        lines.append(
-            f"{load_results['model']}, 224x224 JPEG, {load_results['concurrency']} clients, "
-            f"{load_results['replicas']} replicas x {load_results['threads']} thread(s); answers/s: "
-            + ", ".join(f"{n} {v:.0f}" for n, v in load_results["answers_per_s"].items())
-        )
-        lines.append("")
-        lines += table("CPU-ms per request, by process", "CPU-ms", load_results["cpu_ms_per_request"])
-        if load_results.get("replica_cpu_ms_per_request_by_thread"):
-            lines += table(
-                "The model replicas' CPU-ms per request, by thread",
-                "CPU-ms",
-                load_results["replica_cpu_ms_per_request_by_thread"],
-                of="thread",
-            )
-    if "idle" in results:
-        lines += table(
-            "Idle default deployment (seven models), by process", "% of a core", results["idle"]["percent_of_a_core"]
-        )
-        ready_line = ", ".join(f"{v} {s:.1f}" for v, s in results["idle"]["ready_s"].items())
-        lines += [f"Seconds from `serve run` to ready: {ready_line}", ""]
+    lines = markdown(results)
     (options.out / "cpu.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -55,17 +55,10 @@ THROUGHPUT_ENV: dict[str, str] = {
 # largest process of an idle default deployment, and much of its GCS's CPU. Twice a second, the
 # controller costs about a third and the GCS under half, at the same time to ready (docs/benchmarks.md,
 # the idle table); a state change (a replica ready, dead or to start) waits up to 0.4 s more.
-#
-# RAY_LOG_MONITOR_MANY_FILES_THRESHOLD: Ray's log monitor (which copies the workers' output to the
-# console of `serve run`) lists the session's log directory on each of its ten passes a second while
-# the directory holds fewer than this many files (Ray's default 1000), and every 0.5 s above it. With
-# 0 it always lists every 0.5 s: about half its idle CPU (docs/benchmarks.md, the idle table); a new
-# worker's first lines reach the console up to 0.4 s later. Its files are read as often as before.
 ONE_MACHINE_ENV: dict[str, str] = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     "RAY_worker_niceness": "0",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
-    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
 }
 
 # Ray's own defaults (its Python proxy actor and actor calls between deployments), for comparison.
