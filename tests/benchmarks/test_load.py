@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 from collections.abc import Iterator
@@ -46,17 +47,17 @@ def test_open_loop_collections_skip_the_heap_alive_before_it(url: str) -> None:
     frozen_at_collections: list[int] = []
 
     def seen(phase: str, _: dict[str, int]) -> None:
-        if phase == "start":
+        # Only the client's own passes: those while its event loop runs (not the percentiles after).
+        if phase == "start" and asyncio._get_running_loop() is not None:
             frozen_at_collections.append(gc.get_freeze_count())
 
     gc.callbacks.append(seen)
     try:
-        run = load.open_loop(url, b"x" * 1000, "image/jpeg", rate=200.0, seconds=1.5)
+        run = load.open_loop(url, b"x" * 1000, "image/jpeg", rate=200.0, seconds=1.0)
     finally:
         gc.callbacks.remove(seen)
-    assert run["ok"] == 300
+    assert run["ok"] == 200
     assert run["errors"] == 0
-    # gc.collect() before the freeze is one pass; the client's own passes follow it.
-    assert len(frozen_at_collections) > 1
-    assert min(frozen_at_collections[1:]) >= len(heap)
+    assert frozen_at_collections  # 200 requests' objects: the client runs several passes
+    assert min(frozen_at_collections) >= len(heap)
     assert gc.get_freeze_count() == 0
