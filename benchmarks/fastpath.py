@@ -1,20 +1,26 @@
-"""Fast-path measurements: decoders and resizers, payload sizes between deployments, thread layout.
+"""Fast-path measurements: decoders and resizers, payload sizes between deployments, thread layout,
+and the HTTP app's own cost per request.
 
     python -m benchmarks.fastpath --model resnet18 --seconds 5
 
 Each variant produces the same model input as the served pipeline (the weights' resize, crop
-and normalisation); the table says what each costs per image on one thread.
+and normalisation); the table says what each costs per image on one thread. The HTTP apps are
+called in-process (ASGI, no socket) over a model that answers at once: what a replica's event loop
+spends on one :predict before and after the model, by the route that serves it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
+import logging
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +32,12 @@ from torchvision.models import ResNet18_Weights
 from benchmarks.images import jpeg_images
 from benchmarks.pipeline import weights_for
 from benchmarks.raw import in_processes
+from contract.answers import ClassificationPrediction, Label, PredictResponse
+from deployments.args import AuthArgs, LimitsArgs
+from deployments.cards import model_card
+from deployments.gateway import Gateway, LocalHandle
+from deployments.rest.app import create_app, create_model_app
+from deployments.topology import hot_route
 from models.classifiers import uint8_transform
 from models.images import decode_image
 from models.registry import get_spec
@@ -137,13 +149,98 @@ def thread_layout(model: str, seconds: float) -> list[dict[str, object]]:
     ]
 
 
+class _Instant:
+    """A classifier that answers at once: the HTTP app's cost alone."""
+
+    async def predict(self, items: list[Any], params: Any) -> PredictResponse:
+        top = ClassificationPrediction(labels=[Label(label="7", index=7, score=0.98)])
+        return PredictResponse(
+            model="digits_cnn", model_version="v1", weights="bundled", predictions=[top] * len(items)
+        )
+
+
+def http_apps(seconds: float, rounds: int = 5) -> list[dict[str, object]]:
+    """µs per :predict (one PNG, `top_k` in the query) through the catalogue application's FastAPI
+    route and through a model application's hot route, in interleaved rounds; the median round."""
+    spec = get_spec("digits_cnn", weights_for("digits_cnn"))
+    gateway = Gateway(
+        {spec.name: LocalHandle(_Instant())}, {spec.name: model_card(spec)}, LimitsArgs(), AuthArgs(enabled=False), None
+    )
+    path = hot_route("/", spec.name, "predict")
+    body = jpeg_images("224x224")[0]
+    apps = {
+        "catalogue application (FastAPI route)": (create_app(gateway), ""),
+        "model application (hot route)": (create_model_app(gateway, "predict"), path),
+    }
+
+    async def one(app: Any, root_path: str) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"top_k=1",
+            "root_path": root_path,  # Serve mounts a model application at its hot verb's path
+            "headers": [(b"content-type", b"image/jpeg"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 8000),
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        statuses = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        assert statuses == [200], statuses
+
+    async def per_request(app: Any, root_path: str) -> float:
+        count = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds / rounds / len(apps):
+            for _ in range(100):
+                await one(app, root_path)
+            count += 100
+        return (time.perf_counter() - started) / count * 1e6
+
+    async def measure() -> dict[str, list[float]]:
+        for app, root_path in apps.values():  # warm: first-call imports and caches
+            for _ in range(200):
+                await one(app, root_path)
+        times: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(rounds):
+            for name, (app, root_path) in apps.items():
+                times[name].append(await per_request(app, root_path))
+        return times
+
+    logger = logging.getLogger("ray.serve")  # the access log's handlers are Serve's, in a replica
+    logger.disabled = True
+    try:
+        times = asyncio.run(measure())
+    finally:
+        logger.disabled = False
+    return [{"app": name, "us_per_request": statistics.median(rounds_us)} for name, rounds_us in times.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    result = {"decode": decode_table(args.seconds), "payloads": payloads(), "threads": thread_layout(args.model, 10.0)}
+    result = {
+        "decode": decode_table(args.seconds),
+        "payloads": payloads(),
+        "threads": thread_layout(args.model, 10.0),
+        "http": http_apps(args.seconds * 2),
+    }
     lines = ["| images | route | ms/image (1 thread) | mean abs diff to the preset |", "|---|---|---:|---:|"]
     lines += [
         f"| {r['images']} | {r['route']} | {r['ms_per_image']:.2f} | {r['mean_abs_diff']:.4f} |"
@@ -153,6 +250,8 @@ def main() -> None:
     lines += [f"| {r['form']} | {r['bytes']:,} |" for r in result["payloads"]]
     lines += ["", f"| {args.model} raw pipeline, batch 16 | images/s |", "|---|---:|"]
     lines += [f"| {r['layout']} | {r['images_per_s']:.1f} |" for r in result["threads"]]
+    lines += ["", "| HTTP app, one :predict in-process, model answering at once | µs/request |", "|---|---:|"]
+    lines += [f"| {r['app']} | {r['us_per_request']:.0f} |" for r in result["http"]]
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fastpath.json").write_text(json.dumps(result, indent=1))

@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from fastapi import Depends, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 SERVER_NAME = "vision-maas"
@@ -25,3 +25,8 @@ async def credential(
 
 # A route's `key: str | None = CREDENTIAL`; the gateway decides what the key may do.
 CREDENTIAL = Depends(credential)
+
+
+async def request_credential(request: Request) -> str | None:
+    """`credential` of a request, for a route whose parameters FastAPI does not solve."""
+    return await credential(await _BEARER(request), await _API_KEY(request))

@@ -3,6 +3,7 @@ the catalogue. Each model route starts at the gateway, then reads its body, then
 
 import asyncio
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,14 +23,68 @@ def answer(result: BaseModel, headers: dict[str, str]) -> Response:
     return Response(result.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)
 
 
-def router(gateway: Gateway, only: str | None = None) -> APIRouter:
-    """The v1 routes over `gateway`; with `only`, just that route (a model's hot verb: its
-    function's name, `predict` or `generate`)."""
+PREDICT_PATH = "/v1/models/{model}:predict"
+GENERATE_PATH = "/v1/models/{model}:generate"
+
+
+async def answer_predict(
+    gateway: Gateway, model: str, version: str | None, request: Request, key: str | None
+) -> Response:
+    """:predict (of one version, or the model's): gate, body, parameters, the model's answer."""
+    card, headers = await gateway.gate(model, key, version)
+    if card.task not in schemas.PARAMS_BY_TASK:
+        raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route; see its task's route")
+    video = card.task == Task.VIDEO_CLASSIFICATION
+    items, raw_params = await inputs.inputs_and_params(request, gateway.limits, video=video)
+    params = inputs.validate(schemas.PARAMS_BY_TASK[card.task], raw_params)
+    method = "predict_clips" if video else "predict"
+    return answer(await gateway.call(model, method, items, params), headers)
+
+
+async def answer_generate(gateway: Gateway, model: str, request: Request, key: str | None) -> Response:
+    """:generate: gate, body, the model's images (JSON, or one PNG with `Accept: image/png`)."""
+    limits = gateway.limits
+    card, headers = await gateway.gate(model, key)
+    if card.task != Task.GENERATION:
+        raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
+    body = await inputs.json_body(request, limits, schemas.GenerateBody)
+    if body.num_images > limits.max_images_per_request:
+        raise PayloadTooLarge(f"num_images {body.num_images} is over the limit of {limits.max_images_per_request}")
+    want_png = inputs.accepts_png_only(request.headers.get("accept", ""))
+    if want_png and body.num_images != 1:
+        raise NotAcceptable("Accept: image/png returns one image; ask for num_images 1 or accept application/json")
+    result: answers.GenerateResponse = await gateway.call(
+        model, "generate", body.num_images, body.seed, body.for_model()
+    )
+    if want_png:
+        image = result.images[0]
+        headers |= {"X-Seed": str(result.seed), "X-Label": image.label, "X-Model-Version": result.model_version}
+        return Response(base64.b64decode(image.image), media_type="image/png", headers=headers)
+    return answer(result, headers)
+
+
+HotHandler = Callable[[Gateway, str, Request, str | None], Awaitable[Response]]
+
+
+async def _predict_latest(gateway: Gateway, model: str, request: Request, key: str | None) -> Response:
+    return await answer_predict(gateway, model, None, request, key)
+
+
+# A model's hot verb (deployments.topology.task_verb): its route's path template and handler, the
+# catalogue's route below and the model application's (deployments.rest.app.create_model_app).
+HOT_ROUTES: dict[str, tuple[str, HotHandler]] = {
+    "predict": (PREDICT_PATH, _predict_latest),
+    "generate": (GENERATE_PATH, answer_generate),
+}
+
+
+def router(gateway: Gateway) -> APIRouter:
+    """The v1 routes over `gateway`."""
     api = APIRouter()
     limits = gateway.limits
 
     @api.post(
-        "/v1/models/{model}:predict",
+        PREDICT_PATH,
         response_model=answers.PredictResponse,
         responses=openapi.errors(*INFER_ERRORS),
         openapi_extra=openapi.PREDICT_OPENAPI,
@@ -37,7 +92,7 @@ def router(gateway: Gateway, only: str | None = None) -> APIRouter:
     )
     async def predict(model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Images as a raw body, multipart `image` parts or JSON `instances`; parameters in the query, form or JSON."""
-        return await _predict(model, None, request, key)
+        return await answer_predict(gateway, model, None, request, key)
 
     @api.post(
         "/v1/models/{model}/versions/{version}:predict",
@@ -48,20 +103,10 @@ def router(gateway: Gateway, only: str | None = None) -> APIRouter:
     )
     async def predict_version(model: str, version: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """As :predict, answered by `version` whatever the model's rollout (404 when it has no such version)."""
-        return await _predict(model, version, request, key)
-
-    async def _predict(model: str, version: str | None, request: Request, key: str | None) -> Response:
-        card, headers = await gateway.gate(model, key, version)
-        if card.task not in schemas.PARAMS_BY_TASK:
-            raise RouteNotSupported(f"model {model!r} ({card.task}) has no :predict route; see its task's route")
-        video = card.task == Task.VIDEO_CLASSIFICATION
-        items, raw_params = await inputs.inputs_and_params(request, limits, video=video)
-        params = inputs.validate(schemas.PARAMS_BY_TASK[card.task], raw_params)
-        method = "predict_clips" if video else "predict"
-        return answer(await gateway.call(model, method, items, params), headers)
+        return await answer_predict(gateway, model, version, request, key)
 
     @api.post(
-        "/v1/models/{model}:generate",
+        GENERATE_PATH,
         response_model=answers.GenerateResponse,
         responses={
             **openapi.errors(400, 401, 403, 404, 406, 408, 413, 422, 429, 503),
@@ -72,23 +117,7 @@ def router(gateway: Gateway, only: str | None = None) -> APIRouter:
     )
     async def generate(model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Base64 PNGs in JSON, or one PNG itself with `Accept: image/png`; the same seed gives the same images."""
-        card, headers = await gateway.gate(model, key)
-        if card.task != Task.GENERATION:
-            raise RouteNotSupported(f"model {model!r} ({card.task}) does not generate images; see :predict")
-        body = await inputs.json_body(request, limits, schemas.GenerateBody)
-        if body.num_images > limits.max_images_per_request:
-            raise PayloadTooLarge(f"num_images {body.num_images} is over the limit of {limits.max_images_per_request}")
-        want_png = inputs.accepts_png_only(request.headers.get("accept", ""))
-        if want_png and body.num_images != 1:
-            raise NotAcceptable("Accept: image/png returns one image; ask for num_images 1 or accept application/json")
-        result: answers.GenerateResponse = await gateway.call(
-            model, "generate", body.num_images, body.seed, body.for_model()
-        )
-        if want_png:
-            image = result.images[0]
-            headers |= {"X-Seed": str(result.seed), "X-Label": image.label, "X-Model-Version": result.model_version}
-            return Response(base64.b64decode(image.image), media_type="image/png", headers=headers)
-        return answer(result, headers)
+        return await answer_generate(gateway, model, request, key)
 
     @api.post(
         "/v1/models/{model}:explain",
@@ -157,6 +186,4 @@ def router(gateway: Gateway, only: str | None = None) -> APIRouter:
         _, headers = await gateway.gate(model, key)
         return JSONResponse(await gateway.call(model, "metadata"), headers=headers)
 
-    if only is not None:
-        api.routes[:] = [route for route in api.routes if getattr(route, "name", None) == only]
     return api

@@ -182,18 +182,56 @@ def test_local_handle_maps_a_sync_methods_failure_like_a_remote_one() -> None:
     asyncio.run(go())
 
 
-def _routes(app: Any) -> set[tuple[str, str]]:
-    """(method, path template) of every API route of an app (its OpenAPI paths, served or not)."""
+def _documented(app: Any) -> set[tuple[str, str]]:
+    """(method, path template) of every route in an app's OpenAPI document."""
     return {(method.upper(), path) for path, operations in app.openapi()["paths"].items() for method in operations}
+
+
+def _served(app: Any) -> set[tuple[str, str]]:
+    """(method, path template) of every route an app answers, whether FastAPI documents it or not."""
+    return {(method, route.path) for route in app.routes for method in getattr(route, "methods", None) or ()}
 
 
 @pytest.mark.parametrize(("task", "verb"), [("classification", "predict"), ("generation", "generate")])
 def test_every_applications_routes_are_in_the_one_openapi_document(task: str, verb: str) -> None:
     """The catalogue serves /docs; a model's application must add no route the document lacks."""
     gateway = Gateway({}, {"m": card("m", task)}, LimitsArgs(), AuthArgs(enabled=False), None)
-    model_routes = _routes(create_model_app(gateway, verb))
+    model_routes = _served(create_model_app(gateway, verb))
     assert model_routes == {("POST", f"/v1/models/{{model}}:{verb}")}
-    assert model_routes <= _routes(reference_app())
+    assert model_routes <= _documented(reference_app())
+
+
+CREDENTIALS = [
+    {},
+    {"Authorization": f"Bearer {KEY}"},
+    {"Authorization": f"bearer {KEY}"},
+    {"X-API-Key": KEY},
+    {"Authorization": f"Basic {KEY}"},
+    {"Authorization": "Bearer"},
+    {"Authorization": "Bearer wrong", "X-API-Key": KEY},
+    {"Authorization": f"Basic {KEY}", "X-API-Key": KEY},
+    {"X-API-Key": ""},
+]
+
+
+@pytest.mark.parametrize("headers", CREDENTIALS, ids=lambda h: " + ".join(f"{k}: {v[:10]}" for k, v in h.items()))
+def test_the_hot_route_reads_credentials_as_the_catalogues_route_does(headers: dict[str, str], tmp_path: Path) -> None:
+    """The model application's route is not FastAPI's (no parameter solving); the same request
+    must get the same answer from it as from the catalogue's :predict."""
+    from deployments.rest.app import create_app
+
+    store = {"tenants": [{"name": "t", "key_sha256": [hash_key(KEY)], "models": ["digits_cnn"]}]}
+    (tmp_path / "keys.json").write_text(json.dumps(store))
+    auth = AuthArgs(enabled=True, keys_file=str(tmp_path / "keys.json"))
+    hot, path = model_app(Model(), auth=auth)
+    catalogue = create_app(gateway_of(Model(), auth))
+    sent = {"content": PNG, "headers": {"Content-Type": "image/png", **headers}}
+    mine, theirs = send(hot, "POST", path, **sent), send(catalogue, "POST", path, **sent)
+    assert (mine.status_code, mine.json(), mine.headers.get("WWW-Authenticate")) == (
+        theirs.status_code,
+        theirs.json(),
+        theirs.headers.get("WWW-Authenticate"),
+    )
 
 
 def test_admission_limit_is_bounded_below_serves_own() -> None:
