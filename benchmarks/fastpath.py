@@ -160,7 +160,7 @@ class _Instant:
 
 
 def http_apps(seconds: float, rounds: int = 5) -> list[dict[str, object]]:
-    """µs per :predict (one PNG, `top_k` in the query) through the catalogue application's FastAPI
+    """µs per :predict (one 224x224 JPEG, `top_k` in the query) through the catalogue application's FastAPI
     route and through a model application's hot route, in interleaved rounds; the median round."""
     spec = get_spec("digits_cnn", weights_for("digits_cnn"))
     gateway = Gateway(

@@ -6,10 +6,9 @@ The Serve ingress deployment builds one per replica (`__serve_build_asgi_app__`)
 over a gateway of stub models; `reference_app()` is the app over no models, whose OpenAPI
 document is the served one."""
 
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -255,7 +254,7 @@ def create_model_app(
         (model,) = gateway.cards
     path, handler = v1.HOT_ROUTES[verb]
 
-    @contextlib.asynccontextmanager
+    @asynccontextmanager
     async def admission(request: Request) -> AsyncIterator[None]:
         if admitted is None:
             yield

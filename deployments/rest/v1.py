@@ -28,7 +28,7 @@ GENERATE_PATH = "/v1/models/{model}:generate"
 
 
 async def answer_predict(
-    gateway: Gateway, model: str, version: str | None, request: Request, key: str | None
+    gateway: Gateway, model: str, request: Request, key: str | None, version: str | None = None
 ) -> Response:
     """:predict (of one version, or the model's): gate, body, parameters, the model's answer."""
     card, headers = await gateway.gate(model, key, version)
@@ -66,14 +66,10 @@ async def answer_generate(gateway: Gateway, model: str, request: Request, key: s
 HotHandler = Callable[[Gateway, str, Request, str | None], Awaitable[Response]]
 
 
-async def _predict_latest(gateway: Gateway, model: str, request: Request, key: str | None) -> Response:
-    return await answer_predict(gateway, model, None, request, key)
-
-
 # A model's hot verb (deployments.topology.task_verb): its route's path template and handler, the
 # catalogue's route below and the model application's (deployments.rest.app.create_model_app).
 HOT_ROUTES: dict[str, tuple[str, HotHandler]] = {
-    "predict": (PREDICT_PATH, _predict_latest),
+    "predict": (PREDICT_PATH, answer_predict),
     "generate": (GENERATE_PATH, answer_generate),
 }
 
@@ -92,7 +88,7 @@ def router(gateway: Gateway) -> APIRouter:
     )
     async def predict(model: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """Images as a raw body, multipart `image` parts or JSON `instances`; parameters in the query, form or JSON."""
-        return await answer_predict(gateway, model, None, request, key)
+        return await answer_predict(gateway, model, request, key)
 
     @api.post(
         "/v1/models/{model}/versions/{version}:predict",
@@ -103,7 +99,7 @@ def router(gateway: Gateway) -> APIRouter:
     )
     async def predict_version(model: str, version: str, request: Request, key: str | None = CREDENTIAL) -> Response:
         """As :predict, answered by `version` whatever the model's rollout (404 when it has no such version)."""
-        return await answer_predict(gateway, model, version, request, key)
+        return await answer_predict(gateway, model, request, key, version)
 
     @api.post(
         GENERATE_PATH,
