@@ -353,7 +353,7 @@ def main(argv: list[str]) -> int:
         ]
         for repeat in range(options.repeats):  # interleaved: a slow spell hits every server
             for name, variant in cases:
-                server = make_server(name, options.model, options.port, options.threads, 16, 0.005, options.replicas)
+                server = make_server(name, options.model, options.port, options.threads, 16, replicas=options.replicas)
                 server.env |= _env(variant)
                 label = name if variant == "default" else f"{name} {variant}"
                 log = logs / f"cpu-{name}-{repeat}.log"

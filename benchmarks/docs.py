@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import adaptive, backends, report
+from benchmarks import adaptive, backends, batchpolicy, report
 from benchmarks.servers import SERVERS
 from models.docs import cli, render_blocks
 
@@ -201,6 +201,11 @@ def backends_block(results: Path) -> str:
     return backends.markdown(data["parity"], data["throughput"])
 
 
+def batch_policy_block(results: Path) -> str:
+    """The batching policies on a simulated clock, as benchmarks.batchpolicy ran them."""
+    return batchpolicy.markdown(_load(results / "batchpolicy.json"))
+
+
 def fastpath_block(results: Path) -> str:
     """The fast-path measurements (benchmarks.fastpath writes them as markdown from its own JSON)."""
     return (results / "fastpath.md").read_text()
@@ -244,6 +249,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "adaptive": adaptive_block,
     "backends": backends_block,
     "fastpath": fastpath_block,
+    "batch-policy": batch_policy_block,
     "warmup": warmup_block,
     "cpu": cpu_block,
 }

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 PEERS = ("fastapi", "litserve", "rayserve-minimal")
+# The open-loop rates (fractions of saturation) where batching must not cost p99.
+MODERATE_LOAD = (0.5, 0.7)
 
 
 def _closed(server: dict[str, Any]) -> list[dict[str, Any]]:
@@ -21,6 +23,12 @@ def saturation(server: dict[str, Any]) -> dict[str, Any]:
 def at_concurrency(server: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
     """The closed-loop step at `concurrency`, if it was measured."""
     return next((r for r in _closed(server) if r["step"] == concurrency), None)
+
+
+def open_at(server: dict[str, Any] | None, fraction: float) -> dict[str, Any] | None:
+    """The open-loop step at `fraction` of the server's saturation, if it was measured."""
+    rows = server["rows"] if server else []
+    return next((r for r in rows if r["mode"] == "open" and math.isclose(r["step"], fraction)), None)
 
 
 def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
@@ -49,6 +57,15 @@ def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
             delta = on1["p50_ms"] - off1["p50_ms"]
             bar = max(0.05 * off1["p50_ms"], 2.0)
             out.append(("batching on - off p50 at concurrency 1 (ms)", delta, f"<= {bar:.1f}", delta <= bar))
+    # Batching that never costs latency: open-loop p99 at moderate load (each server at its own
+    # saturation's fraction) no worse than batching off's, and at most 1.5x LitServe's.
+    for other, need in (("vision-maas-nobatch", 1.0), ("litserve", 1.5)):
+        for fraction in MODERATE_LOAD:
+            mine, theirs = open_at(servers["vision-maas"], fraction), open_at(servers.get(other), fraction)
+            if mine is not None and theirs is not None:
+                ratio = mine["p99_ms"] / theirs["p99_ms"]
+                label = f"open-loop p99 at {fraction:g} x saturation / {other}"
+                out.append((label, ratio, f"<= {need:g}", ratio <= need))
     for peer, need in zip(PEERS, (1.3, 1.1, 1.0), strict=True):
         if peer in servers:
             label, ratio = at_equal_p99(servers["vision-maas"], peer, servers[peer])

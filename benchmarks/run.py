@@ -24,7 +24,7 @@ from benchmarks.images import SIZES, jpeg_images
 from benchmarks.load import closed_loop, open_loop
 from benchmarks.pipeline import MODELS
 from benchmarks.raw import in_processes
-from benchmarks.servers import SERVERS, Running, make_server
+from benchmarks.servers import BATCH_WAIT_S, SERVERS, Running, make_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=cores, help="model replicas (LitServe: workers)")
     parser.add_argument("--threads", type=int, help="torch threads per replica (default: cores / replicas)")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    parser.add_argument("--batch-wait-s", type=float, default=BATCH_WAIT_S)
     parser.add_argument("--port", type=int, default=8190)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -21,6 +21,7 @@ import psutil
 import yaml
 
 from benchmarks.pipeline import weights_for
+from deployments.args import BatchConfig
 from deployments.image_model import THREADS_ENV
 from deployments.ray_env import CLASSIC_ENV, ONE_MACHINE_ENV, THROUGHPUT_ENV, host_ports_of_its_own
 from deployments.topology import expand
@@ -132,8 +133,18 @@ def serve_command(config: Path) -> list[str]:
     return [str(Path(sys.executable).with_name("serve")), "run", "--address", "local", str(config)]
 
 
+# Every server's batch wait, unless a run says otherwise: the replicas' default.
+BATCH_WAIT_S = BatchConfig().batch_wait_timeout_s
+
+
 def make_server(
-    name: str, model: str, port: int, threads: int, max_batch_size: int, wait_s: float, replicas: int = 1
+    name: str,
+    model: str,
+    port: int,
+    threads: int,
+    max_batch_size: int,
+    wait_s: float = BATCH_WAIT_S,
+    replicas: int = 1,
 ) -> Server:
     """The Server called `name` (one of SERVERS) for `model` on `port`.
 

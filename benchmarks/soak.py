@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     cores = psutil.cpu_count(logical=True) or 1
-    server = make_server("vision-maas", args.model, args.port, 1, 16, 0.005, replicas=cores)
+    server = make_server("vision-maas", args.model, args.port, 1, 16, replicas=cores)
     image = jpeg_images(args.size)[0]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "logs").mkdir(exist_ok=True)

@@ -26,7 +26,14 @@ class BatchConfig(_Strict):
     """The `user_config` of a model deployment: dynamic batching, applied live by reconfigure()."""
 
     max_batch_size: int = Field(8, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0)
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="The most an item that finds the forward free waits for company. 0 (the default): a "
+        "batch runs at once with the items waiting then; waiting fewer, larger batches, which saves device "
+        "work at moderate load and costs latency (benchmarks/batchpolicy.py).",
+    )
     target_p99_ms: float | None = Field(
         None,
         gt=0.0,

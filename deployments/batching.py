@@ -205,7 +205,9 @@ class Batcher(Generic[ItemT, ResultT]):
 
     A batch takes every item waiting, up to `max_batch_size`, when the worker is free. While fewer
     wait, it waits for more until its oldest item has waited `batch_wait_timeout_s` since it
-    arrived, so an item that waited through the previous batch goes at once. Both settings are
+    arrived, so an item that waited through the previous batch goes at once. At 0 (the replicas'
+    default) the worker never idles while an item waits: batches grow only from items that queued
+    while the previous batch ran, which a wait can only delay (benchmarks/batchpolicy.py). Both settings are
     read for each batch, so changing them applies to the next one. `run` returns one result per
     item, in order; its exception goes to every item of its batch. An item whose caller is
     cancelled (a client gone) leaves the queue without running.
@@ -232,7 +234,7 @@ class Batcher(Generic[ItemT, ResultT]):
             self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._work(self._arrived))
         future: asyncio.Future[ResultT] = loop.create_future()
-        self._queue.append((item, time.monotonic(), future))
+        self._queue.append((item, loop.time(), future))
         assert self._arrived is not None
         self._arrived.set()
         return await future
@@ -245,13 +247,15 @@ class Batcher(Generic[ItemT, ResultT]):
         return len(self._queue)
 
     async def _work(self, arrived: asyncio.Event) -> None:
+        # The loop's clock (monotonic), which its timeouts run on too.
+        clock = asyncio.get_running_loop().time
         while True:
             while not self._waiting():
                 arrived.clear()
                 await arrived.wait()
             cap = max(1, self.max_batch_size)
             deadline = self._queue[0][1] + self.batch_wait_timeout_s
-            while self._waiting() < cap and (remaining := deadline - time.monotonic()) > 0:
+            while self._waiting() < cap and (remaining := deadline - clock()) > 0:
                 arrived.clear()
                 try:
                     async with asyncio.timeout(remaining):

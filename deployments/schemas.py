@@ -200,7 +200,7 @@ _MODEL_METADATA_EXAMPLE: dict[str, Any] = {
     ],
     "batching": {
         "max_batch_size": 16,
-        "batch_wait_timeout_s": 0.005,
+        "batch_wait_timeout_s": 0.0,
         "warmup": True,
         "measure": True,
         "measured_cap": 8,

@@ -124,6 +124,27 @@ def test_targets_compare_saturation_throughput_cpu_and_latency() -> None:
     assert found["throughput / litserve at p99 <= 480 ms"] == (pytest.approx(28 / 36), False)
 
 
+def test_open_loop_p99_at_moderate_load_is_judged_against_batching_off_and_litserve() -> None:
+    measured = case()
+    servers = measured["servers"]
+    for name, p99 in (
+        ("vision-maas", (60.0, 90.0)),
+        ("vision-maas-nobatch", (50.0, 100.0)),
+        ("litserve", (45.0, 50.0)),
+    ):
+        rows = servers[name]["runs"][0]["rows"]
+        rows += [row("open", 0.5, 15.0, 30.0, p99[0], 60), row("open", 0.7, 20.0, 40.0, p99[1], 60)]
+        rows += [row("open", 0.9, 25.0, 300.0, 900.0, 60)]  # past moderate load: not judged
+        servers[name] = server(rows)
+    found = {name: (value, bar, met) for name, value, bar, met in report.targets(measured)}
+    assert found["open-loop p99 at 0.5 x saturation / vision-maas-nobatch"] == (pytest.approx(1.2), "<= 1", False)
+    assert found["open-loop p99 at 0.7 x saturation / vision-maas-nobatch"] == (pytest.approx(0.9), "<= 1", True)
+    assert found["open-loop p99 at 0.5 x saturation / litserve"] == (pytest.approx(60 / 45), "<= 1.5", True)
+    assert found["open-loop p99 at 0.7 x saturation / litserve"] == (pytest.approx(1.8), "<= 1.5", False)
+    assert not any("0.9 x" in name for name in found)
+    assert not any(name.startswith("open-loop") for name, *_ in report.targets(case()))  # no open-loop rows
+
+
 def test_servers_without_a_target_are_compared_at_equal_p99_and_not_judged() -> None:
     measured = case()
     measured["servers"]["vision-maas-classic"] = server(
