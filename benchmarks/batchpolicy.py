@@ -2,9 +2,11 @@
 
     python -m benchmarks.batchpolicy --models resnet18 digits_cnn
 
-For each model the forward's items/s by batch size is measured as a replica measures it at
-warm-up (`deployments.batching.measure_throughput` on one thread, the served preprocessing's
-tensors) and the replica's cap chosen from it (`choose_batch_cap`). Then the replica's own
+For each model the items/s by batch size of the raw pipeline's forward and postprocess
+(`benchmarks.pipeline`) is timed as a replica times its forward at warm-up
+(`deployments.batching.measure_throughput` on one thread, the served preprocessing's tensors;
+a replica's batch runs the forward alone, so these batch times are a little long) and the
+replica's cap chosen from it (`choose_batch_cap`). Then the replica's own
 `Batcher` runs on an event loop whose clock is simulated, with a forward that sleeps for that
 measured batch time, under Poisson arrivals at fractions of each policy's saturation (items/s at
 its cap), the same arrival times for every policy. The clock jumps to the next timer whenever
@@ -131,17 +133,17 @@ def compare(
     batching off also at the cap's rate where it can keep up with it (under 0.95 of its own
     saturation): the same arrivals for both.
     """
-    policies = {"batching off": (1, 0.0), f"cap {cap}, wait {wait_s * 1000:g} ms": (cap, wait_s)}
-    policies[f"cap {cap}, no wait"] = (cap, 0.0)
+    off, at_once = "batching off", f"cap {cap}, no wait"
+    policies = {off: (1, 0.0), f"cap {cap}, wait {wait_s * 1000:g} ms": (cap, wait_s), at_once: (cap, 0.0)}
     saturation = {name: c / batch_seconds(items_per_s, c) for name, (c, _) in policies.items()}
     rng = np.random.default_rng(seed)
     rows = []
     for fraction in fractions:
         gaps = rng.exponential(1.0, size=items)  # one stream of unit-rate gaps for every policy at this fraction
         runs = [(name, fraction * saturation[name]) for name in policies]
-        batched_rate = fraction * saturation[f"cap {cap}, no wait"]
-        if cap > 1 and batched_rate < 0.95 * saturation["batching off"]:
-            runs.append(("batching off", batched_rate))
+        batched_rate = fraction * saturation[at_once]
+        if cap > 1 and batched_rate < 0.95 * saturation[off]:
+            runs.append((off, batched_rate))
         for name, rate in runs:
             policy_cap, policy_wait = policies[name]
             loop = SimulatedLoop()

@@ -31,8 +31,8 @@ class BatchConfig(_Strict):
         ge=0.0,
         le=10.0,
         description="The most an item that finds the forward free waits for company. 0 (the default): a "
-        "batch runs at once with the items waiting then; waiting fewer, larger batches, which saves device "
-        "work at moderate load and costs latency (benchmarks/batchpolicy.py).",
+        "batch runs at once with the items waiting then. A wait makes fewer, larger batches, which saves "
+        "device work at moderate load and costs latency (benchmarks/batchpolicy.py).",
     )
     target_p99_ms: float | None = Field(
         None,
