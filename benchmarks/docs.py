@@ -121,14 +121,14 @@ def targets_block(results: Path) -> str:
     lines.append("|---|---|" + "---:|" * len(columns))
     for row in rows:
         bars = {found[row][1] for _, found in columns if row in found}
-        shared = bars.pop() if len(bars) == 1 else None  # a bar that depends on the run goes in each cell
+        shared = bars.pop() if len(bars) == 1 else None  # a bar that differs by model or run goes in each cell
         cells = [
             f"{found[row][0]:.2f}{'' if shared else f' ({found[row][1]})'} {'yes' if found[row][2] else 'no'}"
             if row in found
             else "-"
             for _, found in columns
         ]
-        lines.append(f"| {row} | {shared or 'per run'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row} | {shared or 'per column'} | " + " | ".join(cells) + " |")
     compared = [(_label(case, settings), report.comparisons(case)) for case, settings, _ in runs]
     names = list(dict.fromkeys(_generic(t) for _, found in compared for t, _ in found))
     if names:

@@ -6,7 +6,23 @@ import math
 from pathlib import Path
 from typing import Any
 
-PEERS = ("fastapi", "litserve", "rayserve-minimal")
+# Each target's bar, for every model, and where a model is held to its own: the one-hop design's
+# bars for resnet18 (stricter), and for digits_cnn, a light model whose whole pipeline costs a few
+# CPU-ms, so that answering HTTP at all is a large share of it (a lower served / raw bar).
+# A peer's bar is the least throughput at its p99, as a multiple of the peer's; a peer without
+# one, for a model, is compared without a target.
+BARS: dict[str, float] = {
+    "served / raw": 0.90,
+    "cpu / raw": 1.11,
+    "fastapi": 1.3,
+    "litserve": 1.1,
+    "rayserve-minimal": 1.0,
+}
+MODEL_BARS: dict[str, dict[str, float]] = {
+    "resnet18": {"served / raw": 0.92, "cpu / raw": 1.10, "torchserve": 1.05},
+    "digits_cnn": {"served / raw": 0.60},
+}
+PEERS = ("fastapi", "litserve", "rayserve-minimal", "torchserve")
 # The open-loop rates (fractions of saturation) where batching must not cost p99.
 MODERATE_LOAD = (0.5, 0.7)
 
@@ -31,9 +47,15 @@ def open_at(server: dict[str, Any] | None, fraction: float) -> dict[str, Any] | 
     return next((r for r in rows if r["mode"] == "open" and math.isclose(r["step"], fraction)), None)
 
 
+def bars(model: str) -> dict[str, float]:
+    """The bars `model` is held to."""
+    return BARS | MODEL_BARS.get(model, {})
+
+
 def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     """(target, measured, bar, met) for each target the case's servers allow computing."""
     servers = case["servers"]
+    bar_of = bars(case["model"])
     raw = {r["batch"]: r for r in case["raw"] if r["batch"] == 1 and r.get("processes", 1) == 1}
     out: list[tuple[str, float, str, bool]] = []
     if "vision-maas" not in servers:
@@ -41,9 +63,11 @@ def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     ours = saturation(servers["vision-maas"])
     best_raw = max(case["raw"], key=lambda r: r["images_per_s"])
     efficiency = ours["throughput"] / best_raw["images_per_s"]
-    out.append(("served / raw throughput at saturation", efficiency, ">= 0.90", efficiency >= 0.90))
+    need = bar_of["served / raw"]
+    out.append(("served / raw throughput at saturation", efficiency, f">= {need:.2f}", efficiency >= need))
     cpu = ours["server_cpu_ms_per_image"] / best_raw["cpu_ms_per_image"]
-    out.append(("server CPU-ms per image / raw", cpu, "<= 1.11", cpu <= 1.11))
+    need = bar_of["cpu / raw"]
+    out.append(("server CPU-ms per image / raw", cpu, f"<= {need:.2f}", cpu <= need))
     one = at_concurrency(servers["vision-maas"], 1)
     if one is not None and 1 in raw:
         overhead = one["p50_ms"] - raw[1]["batch_p50_ms"]
@@ -66,11 +90,13 @@ def targets(case: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
                 ratio = mine["p99_ms"] / theirs["p99_ms"]
                 label = f"open-loop p99 at {fraction:g} x saturation / {other}"
                 out.append((label, ratio, f"<= {need:g}", ratio <= need))
-    for peer, need in zip(PEERS, (1.3, 1.1, 1.0), strict=True):
-        if peer in servers:
+    for peer in PEERS:
+        if peer in servers and peer in bar_of:
             label, ratio = at_equal_p99(servers["vision-maas"], peer, servers[peer])
-            met = ratio >= need if peer != "rayserve-minimal" else ratio > 1.0
-            out.append((label, ratio, f">= {need}" if peer != "rayserve-minimal" else "> 1.0", met))
+            need = bar_of[peer]
+            # Ahead of the minimal Ray Serve pattern: more, not merely as much.
+            met = ratio > need if peer == "rayserve-minimal" else ratio >= need
+            out.append((label, ratio, f"{'>' if peer == 'rayserve-minimal' else '>='} {need:g}", met))
     return out
 
 
@@ -85,11 +111,13 @@ def at_equal_p99(ours: dict[str, Any], name: str, peer: dict[str, Any]) -> tuple
 
 
 def comparisons(case: dict[str, Any]) -> list[tuple[str, float]]:
-    """The servers no target names (TorchServe, vision-maas on Ray's default data path), same measure."""
+    """The servers no target names for the case's model (TorchServe but for resnet18, vision-maas on
+    Ray's default data path or with two hops), same measure."""
     servers = case["servers"]
     if "vision-maas" not in servers:
         return []
-    others = [n for n in servers if n not in (*PEERS, "vision-maas", "vision-maas-nobatch")]
+    judged = set(bars(case["model"])) | {"vision-maas", "vision-maas-nobatch"}
+    others = [n for n in servers if n not in judged]
     return [at_equal_p99(servers["vision-maas"], name, servers[name]) for name in others]
 
 
