@@ -46,6 +46,8 @@ def run_command(settings: dict[str, Any], out: str | None) -> str:
     parts.append(f"--repeats {settings['repeats']} --step-s {settings['step_s']:g}")
     if settings.get("raw_s"):
         parts.append(f"--raw-s {settings['raw_s']:g}")
+    if settings.get("open_answers"):
+        parts.append(f"--open-answers {settings['open_answers']}")
     if out:
         parts.append(f"--out {out}")
     return " ".join(parts)

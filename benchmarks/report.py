@@ -162,13 +162,13 @@ def case_markdown(case: dict[str, Any]) -> str:
     if opened:
         lines += [
             "",
-            "| open loop | rate (x saturation) | images/s | p50 ms | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| open loop | rate (x saturation) | answers | images/s | p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, r in opened:
             lines.append(
-                f"| {name} | {_fmt(r['rate'])} ({r['step']:g}) | {_fmt(r['throughput'])} | {_fmt(r['p50_ms'])} | "
-                f"{_fmt(r['p99_ms'])} | {r['errors']:g} |"
+                f"| {name} | {_fmt(r['rate'])} ({r['step']:g}) | {r['ok']:g} | {_fmt(r['throughput'])} "
+                f"| {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {r['errors']:g} |"
             )
     rows = targets(case)
     if rows:

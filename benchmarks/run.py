@@ -59,7 +59,8 @@ def bench_server(name: str, model: str, size: str, args: argparse.Namespace, log
         saturation = max(row["throughput"] for row in rows)
         for fraction in args.open_loop:
             cpu0 = running.cpu_seconds()
-            row = open_loop(server.url, body, content_type, max(saturation * fraction, 0.5), args.step_s)
+            rate = max(saturation * fraction, 0.5)
+            row = open_loop(server.url, body, content_type, rate, open_seconds(rate, args.step_s, args.open_answers))
             row["fraction_of_saturation"] = fraction
             row["server_cpu_ms_per_image"] = (running.cpu_seconds() - cpu0) * 1000.0 / max(row["ok"], 1)
             rows.append(row)
@@ -67,6 +68,12 @@ def bench_server(name: str, model: str, size: str, args: argparse.Namespace, log
     finally:
         running.stop()
     return {"server": name, "cold_start_s": cold_start_s, "rows": rows, "rss_bytes": rss}
+
+
+def open_seconds(rate: float, step_s: float, answers: int) -> float:
+    """An open-loop step's length at `rate` per second: `step_s`, or longer where that would send
+    fewer than `answers` requests. A p99 of n answers rests on the n/100 slowest: of 90, on one."""
+    return max(step_s, answers / rate)
 
 
 def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,6 +104,12 @@ def main() -> None:
     parser.add_argument("--open-loop", nargs="*", type=float, help="rates as fractions of the saturation throughput")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--step-s", type=float)
+    parser.add_argument(
+        "--open-answers",
+        type=int,
+        default=0,
+        help="lengthen each open-loop step past --step-s until it sends this many requests",
+    )
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--raw-s", type=float, help="seconds of each raw-pipeline measurement")
     parser.add_argument("--replicas", type=int, default=cores, help="model replicas (LitServe: workers)")

@@ -25,3 +25,5 @@ def test_the_reproducing_command_repeats_the_runs_sweep_and_output_folder() -> N
         "python -m benchmarks.run --models resnet18 --sizes 640x480 --concurrency 1 32 --open-loop 0.5 0.9 "
         "--repeats 2 --step-s 8 --raw-s 8 --out benchmarks/results/quick/x"
     )
+    settings |= {"open_answers": 600}
+    assert docs.run_command(settings, None).endswith("--step-s 8 --raw-s 8 --open-answers 600")

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import adaptive, load, report
 from benchmarks.load import parse_hey_csv, percentiles
-from benchmarks.run import median_rows
+from benchmarks.run import median_rows, open_seconds
 from benchmarks.servers import make_server, vision_maas_config
 
 HEY_CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
@@ -75,7 +75,7 @@ def row(mode: str, step: float, throughput: float, p50: float, p99: float, cpu: 
         "client_cpu_s": 0.5,
         "server_cpu_ms_per_image": cpu,
         "quantiles_ms": [p50] * 101,
-    }
+    } | ({"rate": throughput} if mode == "open" else {})
 
 
 def test_median_rows_take_the_median_of_each_step_over_repeats() -> None:
@@ -172,6 +172,14 @@ def test_open_loop_p99_at_moderate_load_is_judged_against_batching_off_and_litse
     assert found["open-loop p99 at 0.7 x saturation / litserve"] == (pytest.approx(1.8), "<= 1.5", False)
     assert not any("0.9 x" in name for name in found)
     assert not any(name.startswith("open-loop") for name, *_ in report.targets(case()))  # no open-loop rows
+    # Each open-loop step shows how many answers its p99 rests on.
+    assert "| vision-maas | 15.0 (0.5) | 100 | 15.0 | 30.0 | 60.0 | 0 |" in report.case_markdown(measured)
+
+
+def test_an_open_loop_step_lasts_until_it_has_sent_enough_requests_for_its_p99() -> None:
+    assert open_seconds(rate=18.0, step_s=5.0, answers=600) == pytest.approx(600 / 18)
+    assert open_seconds(rate=400.0, step_s=5.0, answers=600) == 5.0  # 2000 requests in the step already
+    assert open_seconds(rate=18.0, step_s=5.0, answers=0) == 5.0
 
 
 def test_servers_without_a_target_are_compared_at_equal_p99_and_not_judged() -> None:
